@@ -29,8 +29,17 @@ class ExtractedModel:
     captures: Dict[str, object] = field(default_factory=dict)
     loaded: object = None                  # keeps the loaded SavedModel (and its variables) alive
 
-    def variable_for(self, placeholder: str):
-        return self.captures[placeholder]
+    def weight_value(self, graph, tensor: str):
+        """The numpy value of a weight tensor: a Const, or a ReadVariableOp of a captured variable."""
+        from .graph import const_value, parse_input
+
+        node = graph.node(tensor)
+        if node.op == "Const":
+            return const_value(node)
+        if node.op == "ReadVariableOp":
+            placeholder = parse_input(graph.skip_identity(node.input[0]))[0]
+            return self.captures[placeholder].numpy()
+        raise ValueError(f"{tensor} is not a weight")
 
 
 def _check_saved_model_dir(path: str) -> None:
@@ -73,23 +82,41 @@ def _variables_by_handle(loaded) -> Dict[int, object]:
     return found
 
 
-def _inline_functions(fn):
-    """Grappler with only the function optimizer: one flat GraphDef, no frozen constants."""
+# Pass 1 inlines the serving function.  Pass 2 folds shape arithmetic and, through common
+# subgraph elimination, merges the identical Tensordot/Reshape nodes that feed q, k, v and
+# fc_in, so those four MatMuls read one tensor and can share one QuantizeV2.  The remapper
+# is deliberately not run: it would fuse MatMul+BiasAdd into _FusedMatMul and hide the
+# MatMuls from the quantizer.
+_INLINE_PASS = ("function",)
+_CLEANUP_PASS = ("constfold", "common_subgraph_elimination", "arithmetic", "dependency")
+
+
+def _grappler(graph_def, graph, fetch_names, optimizers):
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
     from tensorflow.python.grappler import tf_optimizer
     from tensorflow.python.training import saver
 
-    graph = fn.graph
-    meta_graph = saver.export_meta_graph(graph_def=graph.as_graph_def(), graph=graph)
+    meta_graph = saver.export_meta_graph(graph_def=graph_def, graph=graph)
     fetches = meta_graph_pb2.CollectionDef()
-    for t in fn.inputs + fn.outputs:
-        fetches.node_list.value.append(t.name)
+    fetches.node_list.value.extend(fetch_names)
     meta_graph.collection_def["train_op"].CopyFrom(fetches)  # grappler keeps these alive
     config = config_pb2.ConfigProto()
     rewrite = config.graph_options.rewrite_options
-    rewrite.optimizers.append("function")
+    rewrite.optimizers.extend(optimizers)
     rewrite.min_graph_nodes = -1
     return tf_optimizer.OptimizeGraph(config, meta_graph)
+
+
+def _inline_functions(fn):
+    """One flat GraphDef of the serving function; variables stay Placeholder -> ReadVariableOp."""
+    import tensorflow as tf
+
+    fetch_names = [t.name for t in fn.inputs + fn.outputs]
+    flat = _grappler(fn.graph.as_graph_def(), fn.graph, fetch_names, _INLINE_PASS)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(flat, name="")
+    return _grappler(flat, graph, fetch_names, _CLEANUP_PASS)
 
 
 def extract(path: str) -> ExtractedModel:

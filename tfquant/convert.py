@@ -1,0 +1,131 @@
+"""ConvertSavedModel: extract -> calibrate -> rewrite -> lower -> save."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable, Optional
+
+import numpy as np
+
+from . import savedmodel
+from .calibrate import activation_tensors, calibrate
+from .errors import UserError
+from .fsutil import atomic_output_dir, check_output_dir, dir_size_bytes
+from .graph import Graph
+from .policy import QuantPolicy
+from .report import write_json
+from .rewrite import insert_qdq, plan_all
+
+EXTRACTED_PB = "extracted_graph_def.pb"
+CONVERTED_PB = "converted_graph_def.pb"
+REPORT_JSON = "report.json"
+MODEL_SUBDIR = "model"
+
+
+def tokenizer_for_model(model_dir: str):
+    """The model's own tokenizer when the SavedModel folder carries one, else GPT-2 BPE (GPT-J's)."""
+    own = os.path.join(model_dir, "tokenizer")
+    if os.path.isdir(own):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(own)
+    from .data import gpt2_tokenizer
+
+    return gpt2_tokenizer()
+
+
+def make_feeds(model: savedmodel.ExtractedModel, ids: np.ndarray) -> dict:
+    feeds = {"input_ids": ids.astype(np.int32)}
+    for name in model.inputs:
+        if name == "attention_mask":
+            feeds[name] = np.ones_like(feeds["input_ids"])
+        elif name != "input_ids":
+            raise UserError(f"the serving signature has an input '{name}' tfquant does not know how to feed "
+                            "(supported: input_ids, attention_mask)")
+    return feeds
+
+
+def calibration_batches(model, model_dir: str, calib_text: Optional[str], calib_samples: int, seq_len: int):
+    from .data import default_calibration_text_path, read_text, token_windows
+
+    text = read_text(calib_text or default_calibration_text_path())
+    windows = token_windows(text, tokenizer_for_model(model_dir), calib_samples, seq_len)
+    return [make_feeds(model, w) for w in windows]
+
+
+def _write_pb(path: str, graph_def) -> None:
+    with open(path, "wb") as fh:
+        fh.write(graph_def.SerializeToString(deterministic=True))
+
+
+def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_only: bool = False, *,
+                      output_format: Optional[str] = None, per_channel: bool = False, exclude: Iterable[str] = (),
+                      weight_bits: int = 7,
+                      calib_text: Optional[str] = None, calib_samples: int = 16, seq_len: int = 128,
+                      observer: str = "minmax", overwrite: bool = False, progress: bool = True) -> dict:
+    """Quantize the SavedModel at ``src`` and write the result under ``dst``.
+
+    ``dst`` receives ``model/`` (the converted SavedModel, same signature), ``extracted_graph_def.pb``,
+    ``converted_graph_def.pb`` and ``report.json``; it appears only when everything succeeded.
+    Returns the report.
+    """
+    policy = QuantPolicy.from_flags(itex_mode=itex_mode, performance_only=performance_only,
+                                    output_format=output_format, weight_per_channel=per_channel, exclude=exclude,
+                                    weight_bits=weight_bits)
+    check_output_dir(dst, overwrite)  # before minutes of work, not after
+    timings = {}
+    t = time.perf_counter()
+    model = savedmodel.extract(src)
+    timings["extract"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    batches = calibration_batches(model, src, calib_text, calib_samples, seq_len)
+    graph = Graph(model.graph_def)
+    before = graph.op_histogram()
+    tensors = activation_tensors(graph)
+    runner = savedmodel.build_function(model.graph_def, model, model.captures, {t_: t_ for t_ in tensors})
+    ranges = calibrate(runner, batches, tensors, observer=observer, progress=progress)
+    del runner
+    timings["calibrate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    decisions = plan_all(graph, policy, ranges)
+    result = insert_qdq(graph, decisions, lambda tensor: model.weight_value(graph, tensor))
+    captures = dict(model.captures)
+    lowered = None
+    if policy.output_format == "int8":
+        from .lower import lower_to_int8
+
+        lowered = lower_to_int8(graph, model, captures, weight_bits=policy.weight_bits)
+    graph.prune(list(model.outputs.values()), keep=[n.split(":")[0] for n in model.inputs.values()])
+    captures = {k: v for k, v in captures.items() if k in graph.nodes}
+    converted = graph.to_graph_def()
+    timings["rewrite"] = time.perf_counter() - t
+
+    report = {
+        "input_model": os.path.abspath(src),
+        "policy": policy.describe(),
+        "calibration": {"samples": calib_samples, "seq_len": seq_len, "observer": observer,
+                        "text": os.path.abspath(calib_text) if calib_text else "default (tfquant/resources/austen_calib.txt)"},
+        "op_histogram": {"before": before, "after": graph.op_histogram()},
+        "quantized": result.quantized,
+        "skipped": result.skipped,
+        "shared_quantize_nodes": result.shared_quantize_nodes,
+        "lowered": lowered,
+        "ranges": {k: v.to_json() for k, v in sorted(ranges.items())},
+    }
+    t = time.perf_counter()
+    with atomic_output_dir(dst, overwrite=overwrite) as tmp:
+        _write_pb(os.path.join(tmp, EXTRACTED_PB), model.graph_def)
+        _write_pb(os.path.join(tmp, CONVERTED_PB), converted)
+        savedmodel.save(converted, model, captures, os.path.join(tmp, MODEL_SUBDIR))
+        own_tokenizer = os.path.join(src, "tokenizer")
+        if os.path.isdir(own_tokenizer):
+            import shutil
+
+            shutil.copytree(own_tokenizer, os.path.join(tmp, MODEL_SUBDIR, "tokenizer"))
+        timings["save"] = time.perf_counter() - t
+        report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+        report["size_bytes"] = {"input": dir_size_bytes(src), "output": dir_size_bytes(os.path.join(tmp, MODEL_SUBDIR))}
+        write_json(os.path.join(tmp, REPORT_JSON), report)
+    return report

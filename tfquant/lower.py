@@ -1,0 +1,206 @@
+"""Lower: QDQ patterns -> real int8 kernels that stock TensorFlow runs.
+
+On stock TF a QDQ graph only simulates quantization (the MatMul stays fp32), so the
+converted model would be no faster and no smaller.  This pass rewrites
+
+    Dequantize(QuantizeV2(a)) x Dequantize(QuantizeV2(W)) [+ BiasAdd(b)]
+
+into one ``_MklQuantizedMatMulWithBiasAndDequantize`` (oneDNN u8 x s8 -> s32 with VNNI)
+whose weight is an **int8 variable** (so the output SavedModel is ~4x smaller and the 2 GB
+GraphDef cap never applies) and whose bias is qint32 with the MIN_FIRST compensation folded
+in.  It also stores the token embedding as int8 rows with one fp32 scale per row.
+
+Why the ``_Mkl`` ops are written directly: the public ``QuantizedMatMulWithBiasAndDequantize``
+is a NoOp placeholder that only oneDNN's graph rewrite turns into a kernel, and that rewrite
+is off by default on AMD CPUs (TF_ENABLE_ONEDNN_OPTS).  The rewrite also marks a weight as
+constant only if it is a Const node, so a variable weight would be re-packed on every call
+(measured: 17 ms vs 10 ms for 128x1024x4096).  Writing the kernel ourselves with
+``is_weight_const=true`` gets the cached packed weight with the weight still a variable, and
+the model runs with no environment variable set.  The catch: the kernel packs the weight on
+first use, so assigning new values to the int8 variables after loading has no effect.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+
+from .graph import DType, Graph, make_const, make_node, parse_input
+from .qparams import quantize_weight
+
+MKL_LABEL = "QuantizedMklOp"  # kernel label of oneDNN's native-format quantized kernels
+KERNEL = "_MklQuantizedMatMulWithBiasAndDequantize"
+
+
+def _new_int8_variable(graph: Graph, captures: Dict[str, object], base: str, value: np.ndarray, dtype: str,
+                       read_as: str = None) -> str:
+    """Add Placeholder(resource) -> ReadVariableOp [-> Bitcast] for a new variable; returns the read tensor."""
+    import tensorflow as tf
+
+    handle = graph.add(make_node("Placeholder", f"{base}/handle", attrs={"dtype": DType("resource")}))
+    handle.attr["shape"].shape.CopyFrom(tf.TensorShape([]).as_proto())
+    read = graph.add(make_node("ReadVariableOp", f"{base}/read", [handle.name], {"dtype": DType(dtype)}))
+    captures[handle.name] = tf.Variable(value, trainable=False, name=base.replace("/", "_"))
+    if read_as is None:
+        return read.name
+    cast = graph.add(make_node("Bitcast", f"{base}/{read_as}", [read.name], {"T": DType(dtype), "type": DType(read_as)}))
+    return cast.name
+
+
+def _single_consumer(consumers, name, op):
+    users = consumers.get(name, [])
+    if len(users) == 1 and users[0].op == op:
+        return users[0]
+    return None
+
+
+def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits: int = 7) -> dict:
+    """Rewrite every lowerable QDQ MatMul in place; returns a summary for report.json.
+
+    ``weight_bits=7`` stores weights in [-63, 63].  Measured here: on CPUs without VNNI (this
+    machine's oneDNN runs its AVX2 path) the u8 x s8 kernel adds pairs of products in int16
+    with saturation, and full-range 8-bit weights gave errors up to 10x the emulated int8
+    result on some shapes; 255*63*2 < 32767 cannot saturate, and the kernel then matches the
+    emulation to 1e-6.  ``weight_bits=8`` is for deployments on VNNI/AMX CPUs only.
+    """
+    levels = 2 ** (weight_bits - 1) - 1
+    consumers = graph.consumers()
+    lowered: List[str] = []
+    not_lowered: List[dict] = []
+    replaced_reads = set()
+    activation_requant: Dict[str, str] = {}
+    for mm in list(graph.by_op("MatMul")):
+        a_deq, w_deq = (graph.node(i) for i in mm.input[:2])
+        if a_deq.op != "Dequantize" or w_deq.op != "Dequantize":
+            continue
+        a_q, w_q = graph.node(a_deq.input[0]), graph.node(w_deq.input[0])
+        if w_q.attr["axis"].i != -1:
+            not_lowered.append({"op": mm.name, "reason": "per-channel weight scales: kernel takes scalar min_b/max_b"})
+            continue
+        if mm.attr["transpose_a"].b or mm.attr["transpose_b"].b:
+            not_lowered.append({"op": mm.name, "reason": "transposed MatMul"})
+            continue
+        weight_tensor = w_q.input[0]
+        w = model.weight_value(graph, weight_tensor).astype(np.float32)
+        w_max = np.float32(max(float(np.abs(w).max()), 1e-8))
+        w_int8 = quantize_weight(w, w_max, levels)
+
+        # Activation: the kernel needs quint8.  A symmetric qint8 activation (performance_only)
+        # is re-expressed as quint8 MIN_FIRST over the same [-m, m] range.
+        a_min = float(graph.node(a_q.input[1]).attr["value"].tensor.float_val[0])
+        a_max = float(graph.node(a_q.input[2]).attr["value"].tensor.float_val[0])
+        a_mode = a_q.attr["mode"].s.decode()
+        a_dtype = a_q.attr["T"].type
+        if a_dtype != DType("quint8").enum:
+            a_mode = "MIN_FIRST"
+        quant = activation_requant.get((a_q.name, a_mode))
+        if quant is None:
+            quant = graph.unique_name(f"{a_q.name}_mkl")
+            attrs = {"T": DType("quint8"), "mode": a_mode, "round_mode": a_q.attr["round_mode"].s.decode(),
+                     "narrow_range": False, "axis": -1, "ensure_minimum_range": 0.01, "_kernel": MKL_LABEL}
+            graph.add(make_node("_MklQuantizeV2", quant, [a_q.input[0], a_q.input[1], a_q.input[2]], attrs))
+            activation_requant[(a_q.name, a_mode)] = quant
+
+        # Fold the following BiasAdd (if it is the MatMul's only consumer) into the kernel.
+        bias_add = _single_consumer(consumers, mm.name, "BiasAdd")
+        bias = np.zeros(w.shape[1], np.float32)
+        if bias_add is not None:
+            try:
+                bias = model.weight_value(graph, graph.skip_identity(bias_add.input[1])).astype(np.float32)
+            except (ValueError, KeyError):
+                bias_add = None
+        qa = 255.0 / (a_max - a_min) if a_mode == "MIN_FIRST" else 255.0 / max(abs(a_max), abs(a_min))
+        qw = levels / float(w_max)
+        comp = qa * a_min * w_int8.astype(np.int64).sum(axis=0) if a_mode == "MIN_FIRST" else 0.0
+        bias_q = np.round(qa * qw * bias.astype(np.float64) + comp)
+        bias_q = np.clip(bias_q, -2**31, 2**31 - 1).astype(np.int32)
+
+        w_node = parse_input(weight_tensor)[0]
+        w_read = _new_int8_variable(graph, captures, f"{w_node}_int8", w_int8, "int8", read_as="qint8")
+        out_name = (bias_add or mm).name
+        prefix = f"{mm.name}_eightbit"
+        b_const = make_const(f"{prefix}_bias", bias_q)
+        b_const.attr["dtype"].type = DType("qint32").enum
+        b_const.attr["value"].tensor.dtype = DType("qint32").enum
+        graph.add(b_const)
+        # The kernel derives the weight scale as max|min_b, max_b| / 127.
+        kernel_max_b = np.float32(float(w_max) * 127.0 / levels)
+        wmin = graph.add(make_const(f"{prefix}_min_b", -kernel_max_b))
+        wmax = graph.add(make_const(f"{prefix}_max_b", kernel_max_b))
+        fmin = graph.add(make_const(f"{prefix}_min_freezed_output", np.float32(0.0)))
+        fmax = graph.add(make_const(f"{prefix}_max_freezed_output", np.float32(1.0)))
+        kernel = make_node(KERNEL, out_name, [quant, w_read, b_const.name, f"{quant}:1", f"{quant}:2",
+                                              wmin.name, wmax.name, fmin.name, fmax.name], {
+            "T1": DType("quint8"), "T2": DType("qint8"), "Tbias": DType("qint32"), "Toutput": DType("float"),
+            "transpose_a": False, "transpose_b": False, "input_quant_mode": a_mode,
+            "is_weight_const": True, "is_bias_const": True, "_kernel": MKL_LABEL})
+        graph.remove([out_name] if bias_add is None else [bias_add.name, mm.name])
+        graph.add(kernel)
+        replaced_reads.add(parse_input(graph.skip_identity(weight_tensor))[0])
+        lowered.append(mm.name)
+
+    embedding = lower_embeddings(graph, captures)
+    _drop_dead_weight_controls(graph, replaced_reads | set(embedding["replaced_reads"]))
+    graph.toposort()
+    return {
+        "count": len(lowered),
+        "kernel": KERNEL,
+        "weight_granularity": "per_tensor",
+        "weight_bits": weight_bits,
+        "weight_storage": "int8 variables (scales as constants)",
+        "ops": lowered,
+        "not_lowered": not_lowered,
+        "embeddings": embedding["ops"],
+    }
+
+
+def lower_embeddings(graph: Graph, captures: Dict[str, object]) -> dict:
+    """ResourceGather on an fp32 embedding table -> int8 rows gathered, then scaled per row."""
+    ops, reads = [], []
+    for node in list(graph.by_op("ResourceGather")):
+        if node.attr["dtype"].type != DType("float").enum or node.attr["batch_dims"].i != 0:
+            continue
+        handle = parse_input(graph.skip_identity(node.input[0]))[0]
+        var = captures.get(handle)
+        if var is None or not hasattr(var, "numpy") or len(var.shape) != 2:
+            continue
+        table = var.numpy().astype(np.float32)
+        row_max = np.maximum(np.abs(table).max(axis=1), 1e-8).astype(np.float32)
+        q = np.clip(np.round(table * (127.0 / row_max)[:, None]), -127, 127).astype(np.int8)
+        base = f"{node.name}_int8"
+        import tensorflow as tf
+
+        def var_handle(suffix, value):
+            h = graph.add(make_node("Placeholder", f"{base}/{suffix}", attrs={"dtype": DType("resource")}))
+            h.attr["shape"].shape.CopyFrom(tf.TensorShape([]).as_proto())
+            captures[h.name] = tf.Variable(value, trainable=False, name=f"{base}_{suffix}".replace("/", "_"))
+            return h.name
+
+        ids = node.input[1]
+        rows = graph.add(make_node("ResourceGather", f"{base}/rows", [var_handle("table", q), ids],
+                                   {"dtype": DType("int8"), "Tindices": node.attr["Tindices"], "batch_dims": 0,
+                                    "validate_indices": True}))
+        scales = graph.add(make_node("ResourceGather", f"{base}/scales", [var_handle("scale", row_max / 127.0), ids],
+                                     {"dtype": DType("float"), "Tindices": node.attr["Tindices"], "batch_dims": 0,
+                                      "validate_indices": True}))
+        as_float = graph.add(make_node("Cast", f"{base}/to_float", [rows.name],
+                                       {"SrcT": DType("int8"), "DstT": DType("float"), "Truncate": False}))
+        minus_one = graph.add(make_const(f"{base}/axis", np.int32(-1)))
+        scale_col = graph.add(make_node("ExpandDims", f"{base}/scale_col", [scales.name, minus_one.name],
+                                        {"T": DType("float"), "Tdim": DType("int32")}))
+        graph.remove([node.name])
+        graph.add(make_node("Mul", node.name, [as_float.name, scale_col.name], {"T": DType("float")}))
+        ops.append(node.name)
+        reads.append(handle)
+    return {"ops": ops, "replaced_reads": reads}
+
+
+def _drop_dead_weight_controls(graph: Graph, replaced: set) -> None:
+    """Control edges to replaced fp32 weight reads would keep the fp32 weights in the model."""
+    consumers = graph.consumers()
+    dead = []
+    for name in replaced:
+        data_users = [u for u in consumers.get(name, []) if any(parse_input(i) [0] == name and not i.startswith("^") for i in u.input)]
+        if not data_users:
+            dead.append(name)
+    graph.drop_control_inputs_from(dead)

@@ -1,0 +1,38 @@
+"""Every node tfquant inserts is named here, in the reference (INC) scheme, so names never drift."""
+
+
+def _unique(tensor: str) -> str:
+    # INC's unique_node_name_from_input: a tensor name made safe to embed in a node name.
+    return tensor.replace(":", "__port__").replace("^", "__hat__")
+
+
+def act_quantize(op: str, tensor: str) -> str:
+    return f"{op}_eightbit_quantize_{_unique(tensor)}"
+
+
+def act_min(op: str, tensor: str) -> str:
+    return f"{op}_eightbit_min_{_unique(tensor)}/frozen_min_only"
+
+
+def act_max(op: str, tensor: str) -> str:
+    return f"{op}_eightbit_max_{_unique(tensor)}/frozen_max_only"
+
+
+def act_dequantize(op: str, input_index: int) -> str:
+    return f"{op}_dequantize" if input_index == 0 else f"{op}_dequantize_{input_index}"
+
+
+def weight_quantize(weight_node: str) -> str:
+    return f"{weight_node}_qint8_const_quant"
+
+
+def weight_min(weight_node: str) -> str:
+    return f"{weight_node}_qint8_const_quant/min"
+
+
+def weight_max(weight_node: str) -> str:
+    return f"{weight_node}_qint8_const_quant/max"
+
+
+def weight_dequantize(weight_node: str) -> str:
+    return f"{weight_node}__dequant"

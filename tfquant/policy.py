@@ -1,0 +1,77 @@
+"""QuantPolicy: the user's flags, resolved once into the decisions the passes need.
+
+No pass reads ``itex_mode`` or ``performance_only`` directly; they ask the policy a
+question ("quantize float ConcatV2?", "which mode for this activation?") instead.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Tuple
+
+from .errors import UserError
+
+FORMATS = ("int8", "qdq")
+
+
+@dataclass(frozen=True)
+class QuantPolicy:
+    itex_mode: bool = False
+    performance_only: bool = False
+    # --- decisions derived from the flags (see from_flags) ---
+    quantize_concat: bool = True            # itex_mode: ConcatV2 gets no QDQ
+    concat_needs_nonnegative: bool = True   # reference rule; performance_only relaxes it to "same type"
+    symmetric_activations: bool = False     # performance_only: SCALED everywhere
+    allow_transpose_a: bool = False         # itex_mode: ITEX handles MatMul(transpose_a)
+    allow_fallback: bool = True             # performance_only: never keep ops in fp32 for accuracy
+    weight_per_channel: bool = False
+    output_format: str = "int8"             # "int8": lower to real int8 kernels; "qdq": keep the QDQ graph
+    weight_bits: int = 7                    # lowered weights: 7 is saturation-safe without VNNI (see lower.py)
+    exclude: Tuple[str, ...] = field(default_factory=tuple)  # regexes of op names kept in fp32
+
+    @classmethod
+    def from_flags(cls, itex_mode: bool = False, performance_only: bool = False, output_format: str = None,
+                   weight_per_channel: bool = False, exclude=(), weight_bits: int = 7) -> "QuantPolicy":
+        if output_format is None:
+            # ITEX fuses QDQ itself at run time; stock TF needs the lowered int8 kernels to be fast.
+            output_format = "qdq" if itex_mode else "int8"
+        if output_format not in FORMATS:
+            raise UserError(f"unknown --format {output_format!r} (choose from {', '.join(FORMATS)})")
+        if itex_mode and output_format != "qdq":
+            raise UserError("--itex_mode writes a QDQ graph for ITEX to fuse; it cannot be combined with --format int8")
+        if weight_bits not in (7, 8):
+            raise UserError(f"--weight_bits must be 7 or 8, got {weight_bits}")
+        for pattern in exclude:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise UserError(f"bad --exclude pattern {pattern!r}: {exc}") from None
+        return cls(
+            itex_mode=itex_mode,
+            performance_only=performance_only,
+            quantize_concat=not itex_mode,
+            concat_needs_nonnegative=not performance_only,
+            symmetric_activations=performance_only,
+            allow_transpose_a=itex_mode,
+            allow_fallback=not performance_only,
+            weight_per_channel=weight_per_channel,
+            output_format=output_format,
+            weight_bits=weight_bits,
+            exclude=tuple(exclude),
+        )
+
+    def activation_mode(self) -> str:
+        return "SCALED" if self.symmetric_activations else "MIN_FIRST"
+
+    def activation_dtype(self, rng) -> str:
+        """quint8 is the reference type.  With SCALED (symmetric) quint8 would clip every negative
+        value to zero, which destroys activations after LayerNorm, so signed ranges use qint8."""
+        if self.symmetric_activations and rng.min < 0:
+            return "qint8"
+        return "quint8"
+
+    def is_excluded(self, op_name: str) -> bool:
+        return any(re.search(p, op_name) for p in self.exclude)
+
+    def describe(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}

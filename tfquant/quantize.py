@@ -1,0 +1,95 @@
+"""python -m tfquant.quantize: quantize a TF causal-LM SavedModel.
+
+With no --input_model, the embedded default model is used: a tiny random GPT-J
+(configs/gptj-tiny.yaml) exported once and cached under ~/.cache/tfquant, so the
+command works offline on a fresh machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import UserError, run_cli
+
+REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CACHE_DIR = os.environ.get("TFQUANT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "tfquant"))
+
+
+def default_model_dir() -> str:
+    """Export the embedded default model once; later runs reuse the cached SavedModel."""
+    from .models import prepare_from_config
+
+    target = os.path.join(CACHE_DIR, "gptj-tiny")
+    if not os.path.isfile(os.path.join(target, "saved_model.pb")):
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        print(f"preparing the embedded default model (tiny random GPT-J) in {target}", file=sys.stderr)
+        prepare_from_config(os.path.join(REPO_CONFIGS, "gptj-tiny.yaml"), target, overwrite=True)
+    return target
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m tfquant.quantize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input_model", help="SavedModel folder (default: the embedded tiny GPT-J)")
+    p.add_argument("--output_dir", required=True, help="where model/, the graph dumps and report.json go")
+    p.add_argument("--config", help="YAML recipe; its keys set the defaults of the flags below")
+    p.add_argument("--itex_mode", action="store_true", default=None,
+                   help="write a QDQ graph for Intel Extension for TensorFlow (no ConcatV2 QDQ)")
+    p.add_argument("--performance_only", action="store_true", default=None,
+                   help="symmetric (SCALED) activations, no fallback, relaxed ConcatV2 rule")
+    p.add_argument("--format", dest="output_format", choices=("int8", "qdq"),
+                   help="int8: real int8 kernels on stock TF (default); qdq: keep QuantizeV2/Dequantize pairs")
+    p.add_argument("--per_channel", action="store_true", default=None, help="per-output-channel weight scales")
+    p.add_argument("--weight_bits", type=int, choices=(7, 8),
+                   help="bits of lowered int8 weights: 7 (default) cannot saturate on CPUs without VNNI; 8 for VNNI/AMX")
+    p.add_argument("--exclude", action="append", help="regex of op names to keep in fp32 (repeatable)")
+    p.add_argument("--calib_text", help="UTF-8 text file for calibration (default: shipped Austen calibration split)")
+    p.add_argument("--calib_samples", type=int, help="calibration windows (default 16)")
+    p.add_argument("--seq_len", type=int, help="tokens per calibration window (default 128)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None, "per_channel": False,
+            "exclude": [], "weight_bits": 7, "calib_text": None, "calib_samples": 16, "seq_len": 128}
+
+
+def resolve_options(args) -> dict:
+    """Flags given on the command line win over the --config recipe, which wins over the defaults."""
+    recipe = {}
+    if args.config:
+        from .models import load_yaml_config
+
+        recipe = load_yaml_config(args.config).get("quantization", {}) or {}
+        unknown = sorted(set(recipe) - set(DEFAULTS) - {"format"})
+        if unknown:
+            raise UserError(f"config {args.config}: unknown quantization keys {unknown}")
+        if "format" in recipe:
+            recipe["output_format"] = recipe.pop("format")
+    opts = {}
+    for key, default in DEFAULTS.items():
+        value = getattr(args, key)
+        opts[key] = value if value is not None else recipe.get(key, default)
+    return opts
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    opts = resolve_options(args)
+    from .fsutil import check_output_dir
+
+    check_output_dir(args.output_dir, args.overwrite)
+    src = args.input_model or default_model_dir()
+    from .convert import ConvertSavedModel
+    from .report import format_summary
+
+    report = ConvertSavedModel(src, args.output_dir, overwrite=args.overwrite, progress=not args.quiet, **opts)
+    print(format_summary(report))
+    print(f"wrote {os.path.abspath(args.output_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

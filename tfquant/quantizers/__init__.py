@@ -1,0 +1,59 @@
+"""One small quantizer per op type, registered by op type.
+
+A quantizer looks at one node with the policy and the calibrated ranges and returns a
+``Plan`` (which inputs get QDQ, with which parameters) or a ``Skip`` (why not).  It does
+not edit the graph: ``tfquant.rewrite`` applies the plans.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+QUANTIZERS: Dict[str, object] = {}
+
+
+def register(cls):
+    QUANTIZERS[cls.op_type] = cls()
+    return cls
+
+
+@dataclass(frozen=True)
+class ActivationQ:
+    """QDQ on a float activation input: QuantizeV2(tensor, min, max) -> Dequantize."""
+
+    input_index: int
+    tensor: str
+    dtype: str      # quint8 | qint8
+    mode: str       # MIN_FIRST | SCALED
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class WeightQ:
+    """QDQ on a weight: symmetric qint8, per tensor or per output channel (axis 1)."""
+
+    input_index: int
+    tensor: str     # the weight tensor after skipping Identity chains (a ReadVariableOp or Const)
+    per_channel: bool
+
+
+@dataclass
+class Plan:
+    op: str
+    op_type: str
+    activations: List[ActivationQ] = field(default_factory=list)
+    weight: Optional[WeightQ] = None
+
+
+@dataclass(frozen=True)
+class Skip:
+    op: str
+    op_type: str
+    reason: str
+
+
+Decision = Union[Plan, Skip]
+
+# Importing the modules registers their quantizers.
+from . import matmul, concat, batchmatmul  # noqa: E402,F401

@@ -1,0 +1,60 @@
+"""The conversion report: what changed in the graph, what was quantized, what was skipped and why."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Dict
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def write_json(path: str, report: dict) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
+def format_summary(report: dict) -> str:
+    """The human-readable block printed at the end of ``tfquant.quantize``."""
+    lines = []
+    before: Dict[str, int] = report["op_histogram"]["before"]
+    after: Dict[str, int] = report["op_histogram"]["after"]
+    lines.append("== tfquant summary ==")
+    lines.append(f"policy: itex_mode={report['policy']['itex_mode']} performance_only={report['policy']['performance_only']}"
+                 f" format={report['policy']['output_format']} per_channel={report['policy']['weight_per_channel']}")
+    by_type = Counter(q["op_type"] for q in report["quantized"])
+    cands = Counter(q["op_type"] for q in report["quantized"]) + Counter(s["op_type"] for s in report["skipped"])
+    lines.append("quantized ops: " + ", ".join(f"{t} {by_type.get(t, 0)}/{n}" for t, n in sorted(cands.items())))
+    if report.get("lowered"):
+        low = report["lowered"]
+        lines.append(f"lowered to int8 kernels: {low['count']} MatMul -> {low['kernel']}"
+                     f" ({low['weight_granularity']} weight scales)")
+    reasons = Counter((s["op_type"], s["reason"]) for s in report["skipped"])
+    if reasons:
+        lines.append("skipped:")
+        for (op_type, reason), n in sorted(reasons.items()):
+            lines.append(f"  {n:4d} x {op_type}: {reason}")
+    ranges = report.get("ranges", {})
+    if ranges:
+        widest = max(ranges.items(), key=lambda kv: kv[1]["max"] - kv[1]["min"])
+        lines.append(f"calibrated tensors: {len(ranges)}; widest range [{widest[1]['min']:.3g}, {widest[1]['max']:.3g}]"
+                     f" at {widest[0]}")
+    lines.append("op histogram (before -> after), changed ops:")
+    for op in sorted(set(before) | set(after)):
+        if before.get(op, 0) != after.get(op, 0):
+            lines.append(f"  {op:40s} {before.get(op, 0):6d} -> {after.get(op, 0):6d}")
+    lines.append(f"nodes: {sum(before.values())} -> {sum(after.values())}")
+    sizes = report.get("size_bytes", {})
+    if sizes:
+        lines.append(f"size on disk: {human_bytes(sizes['input'])} -> {human_bytes(sizes['output'])}"
+                     f" ({sizes['output'] / max(sizes['input'], 1):.2f}x)")
+    t = report.get("timings_s", {})
+    if t:
+        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+    return "\n".join(lines)

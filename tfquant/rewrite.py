@@ -1,0 +1,113 @@
+"""Rewrite: apply the quantizers' plans as QuantizeV2/Dequantize pairs.
+
+Input: the extracted graph, the policy, the calibrated ranges and a way to read weight values.
+It never runs the model.  QuantizeV2 nodes that would read the same tensor with the same
+parameters are created once and shared (q, k, v and fc_in of a GPT-J block read one tensor).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from . import names
+from .graph import DType, Graph, make_const, make_node, parse_input
+from .qparams import weight_scale_range
+from .quantizers import QUANTIZERS, ActivationQ, Plan, Skip, WeightQ
+
+
+@dataclass
+class RewriteResult:
+    quantized: List[dict] = field(default_factory=list)
+    skipped: List[dict] = field(default_factory=list)
+    shared_quantize_nodes: int = 0
+
+
+def plan_all(graph: Graph, policy, ranges) -> List[object]:
+    """Ask each registered quantizer about each node, in graph order (deterministic)."""
+    decisions = []
+    for node in list(graph.nodes.values()):
+        quantizer = QUANTIZERS.get(node.op)
+        if quantizer is None:
+            continue
+        decision = quantizer.plan(node, graph, policy, ranges)
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+def _round_mode(mode: str) -> str:
+    return "HALF_TO_EVEN" if mode == "SCALED" else "HALF_AWAY_FROM_ZERO"
+
+
+def _quantize_attrs(dtype: str, mode: str, axis: int = -1) -> dict:
+    return {"T": DType(dtype), "mode": mode, "round_mode": _round_mode(mode), "narrow_range": False,
+            "axis": axis, "ensure_minimum_range": 0.01}
+
+
+def _dequantize_attrs(dtype: str, mode: str, axis: int = -1) -> dict:
+    return {"T": DType(dtype), "mode": mode, "narrow_range": False, "axis": axis, "dtype": DType("float")}
+
+
+class QDQInserter:
+    def __init__(self, graph: Graph, weight_values: Callable[[str], np.ndarray]):
+        self.graph = graph
+        self.weight_values = weight_values
+        self._act_quantize: Dict[tuple, str] = {}
+        self._weight_dequantize: Dict[tuple, str] = {}
+        self.shared = 0
+
+    def activation(self, op: str, q: ActivationQ) -> str:
+        """QuantizeV2 (shared per tensor+params) and this op's own Dequantize; returns the Dequantize."""
+        key = (q.tensor, q.dtype, q.mode, q.min, q.max)
+        quant = self._act_quantize.get(key)
+        if quant is None:
+            quant = names.act_quantize(op, q.tensor)
+            lo = self.graph.add(make_const(names.act_min(op, q.tensor), np.float32(q.min)))
+            hi = self.graph.add(make_const(names.act_max(op, q.tensor), np.float32(q.max)))
+            self.graph.add(make_node("QuantizeV2", quant, [q.tensor, lo.name, hi.name], _quantize_attrs(q.dtype, q.mode)))
+            self._act_quantize[key] = quant
+        else:
+            self.shared += 1
+        deq = names.act_dequantize(op, q.input_index)
+        self.graph.add(make_node("Dequantize", deq, [quant, f"{quant}:1", f"{quant}:2"], _dequantize_attrs(q.dtype, q.mode)))
+        return deq
+
+    def weight(self, q: WeightQ) -> str:
+        key = (q.tensor, q.per_channel)
+        if key in self._weight_dequantize:
+            return self._weight_dequantize[key]
+        w_node = parse_input(q.tensor)[0]
+        lo, hi = weight_scale_range(self.weight_values(q.tensor), q.per_channel)
+        axis = 1 if q.per_channel else -1
+        mn = self.graph.add(make_const(names.weight_min(w_node), lo))
+        mx = self.graph.add(make_const(names.weight_max(w_node), hi))
+        quant = names.weight_quantize(w_node)
+        self.graph.add(make_node("QuantizeV2", quant, [q.tensor, mn.name, mx.name], _quantize_attrs("qint8", "SCALED", axis)))
+        deq = names.weight_dequantize(w_node)
+        self.graph.add(make_node("Dequantize", deq, [quant, f"{quant}:1", f"{quant}:2"], _dequantize_attrs("qint8", "SCALED", axis)))
+        self._weight_dequantize[key] = deq
+        return deq
+
+
+def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarray]) -> RewriteResult:
+    result = RewriteResult()
+    inserter = QDQInserter(graph, weight_values)
+    for d in decisions:
+        if isinstance(d, Skip):
+            result.skipped.append(asdict(d))
+            continue
+        node = graph.node(d.op)
+        for q in d.activations:
+            graph.rewire_input(node, q.input_index, inserter.activation(d.op, q))
+        if d.weight is not None:
+            graph.rewire_input(node, d.weight.input_index, inserter.weight(d.weight))
+        result.quantized.append({
+            "op": d.op, "op_type": d.op_type,
+            "activations": [asdict(a) for a in d.activations],
+            "weight": asdict(d.weight) if d.weight else None,
+        })
+    result.shared_quantize_nodes = inserter.shared
+    graph.toposort()
+    return result
