@@ -12,6 +12,7 @@ from .calibrate import activation_tensors, calibrate
 from .errors import UserError
 from .fsutil import atomic_output_dir, check_output_dir, dir_size_bytes
 from .graph import Graph
+from .graphio import write_graph_def
 from .policy import QuantPolicy
 from .report import write_json
 from .rewrite import insert_qdq, plan_all
@@ -51,11 +52,6 @@ def calibration_batches(model, model_dir: str, calib_text: Optional[str], calib_
     text = read_text(calib_text or default_calibration_text_path())
     windows = token_windows(text, tokenizer_for_model(model_dir), calib_samples, seq_len)
     return [make_feeds(model, w) for w in windows]
-
-
-def _write_pb(path: str, graph_def) -> None:
-    with open(path, "wb") as fh:
-        fh.write(graph_def.SerializeToString(deterministic=True))
 
 
 def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_only: bool = False, *,
@@ -116,8 +112,8 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     }
     t = time.perf_counter()
     with atomic_output_dir(dst, overwrite=overwrite) as tmp:
-        _write_pb(os.path.join(tmp, EXTRACTED_PB), model.graph_def)
-        _write_pb(os.path.join(tmp, CONVERTED_PB), converted)
+        write_graph_def(os.path.join(tmp, EXTRACTED_PB), model.graph_def, as_text=False)
+        write_graph_def(os.path.join(tmp, CONVERTED_PB), converted, as_text=False)
         savedmodel.save(converted, model, captures, os.path.join(tmp, MODEL_SUBDIR))
         own_tokenizer = os.path.join(src, "tokenizer")
         if os.path.isdir(own_tokenizer):

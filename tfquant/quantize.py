@@ -93,3 +93,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))
+
+
+def _console():  # console_scripts entry point
+    sys.exit(run_cli(main))

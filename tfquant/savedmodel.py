@@ -141,6 +141,10 @@ def extract(path: str) -> ExtractedModel:
     keys = sorted(fn.structured_outputs)
     outputs = {k: t.name for k, t in zip(keys, fn.outputs)}
     graph_def = _inline_functions(fn)
+    for node in graph_def.node:
+        # Debug info names the traced function with a per-process counter
+        # (__inference_serving_62571): drop it so the same model gives the same bytes.
+        node.ClearField("experimental_debug_info")
     return ExtractedModel(graph_def, inputs, outputs, dict(specs), captures, loaded)
 
 

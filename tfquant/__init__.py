@@ -1,0 +1,20 @@
+"""tfquant: post-training int8 quantization of TensorFlow SavedModels of causal LMs.
+
+Pipeline (one module each): savedmodel.extract -> calibrate -> rewrite (quantizers/) -> lower -> savedmodel.save.
+"""
+import os as _os
+
+# Keep TensorFlow's C++ start-up chatter out of the user's terminal unless they asked for it.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"
+
+
+def ConvertSavedModel(*args, **kwargs):
+    """See tfquant.convert.ConvertSavedModel (imported lazily: TensorFlow is slow to import)."""
+    from .convert import ConvertSavedModel as _convert
+
+    return _convert(*args, **kwargs)
+
+
+__all__ = ["ConvertSavedModel", "__version__"]
