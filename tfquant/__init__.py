@@ -4,8 +4,9 @@ Pipeline (one module each): savedmodel.extract -> calibrate -> rewrite (quantize
 """
 import os as _os
 
-# Keep TensorFlow's C++ start-up chatter out of the user's terminal unless they asked for it.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keep TensorFlow's C++ start-up chatter (CUDA plugin "errors" on CPU-only machines) out of the
+# user's terminal unless they set the variable themselves.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
 

@@ -43,6 +43,8 @@ TOKENIZER_SUBDIR = "tokenizer"
 # (llama-vocab.cpp groups STARCODER, REFACT, COMMAND_R, SMOLLM, CODESHELL, EXAONE, MINERVA).
 _PRE_DIGITS_THEN_GPT2 = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
 _PRE_GPT2 = {"gpt2", "default", "gpt-2"}
+# Tensors old llama.cpp converters stored that carry nothing the model needs.
+_IGNORED_TENSOR_SUFFIXES = ("attn_rot_embd",)
 
 
 # --------------------------------------------------------------------------- locating files
@@ -71,6 +73,10 @@ def _open_reader(path: str):
         raise UserError(f"GGUF file not found: {path}")
     if not os.path.isfile(path):
         raise UserError(f"GGUF path is not a file: {path}")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
     try:
         return GGUFReader(path, "r")
     except Exception as exc:  # the reader raises ValueError/IndexError/struct errors on bad files
@@ -255,6 +261,46 @@ def mistral_config_from_hparams(hp: Dict[str, Any], vocab_size: int, tokenizer_i
     )
 
 
+def expected_llama_tensor_shapes(hp: Dict[str, Any], tensors: Dict[str, Any], n_tokens: int) -> Dict[str, tuple]:
+    """Numpy shapes ([out, in]) of every tensor a llama GGUF must hold; checked from metadata only."""
+    if "token_embd.weight" not in tensors:
+        raise UserError("GGUF file has no tensor token_embd.weight")
+    emb_shape = tuple(int(d) for d in reversed(tensors["token_embd.weight"].shape.tolist()))
+    if len(emb_shape) != 2:
+        raise UserError(f"GGUF tensor token_embd.weight has shape {emb_shape}, expected 2 dims")
+    vocab, dim = emb_shape
+    if dim != hp["hidden_size"]:
+        raise UserError(f"token_embd.weight width {dim} differs from llama.embedding_length {hp['hidden_size']}")
+    if n_tokens and n_tokens != vocab:
+        raise UserError(f"GGUF tokenizer has {n_tokens} tokens but the embedding has {vocab} rows")
+    n_head, n_kv, ffn = hp["num_attention_heads"], hp["num_key_value_heads"], hp["intermediate_size"]
+    hd = dim // n_head
+    shapes = {"token_embd.weight": (vocab, dim), "output_norm.weight": (dim,)}
+    if "output.weight" in tensors:
+        shapes["output.weight"] = (vocab, dim)
+    for i in range(hp["num_hidden_layers"]):
+        b = f"blk.{i}."
+        shapes.update({
+            b + "attn_norm.weight": (dim,), b + "ffn_norm.weight": (dim,),
+            b + "attn_q.weight": (n_head * hd, dim), b + "attn_k.weight": (n_kv * hd, dim),
+            b + "attn_v.weight": (n_kv * hd, dim), b + "attn_output.weight": (dim, n_head * hd),
+            b + "ffn_gate.weight": (ffn, dim), b + "ffn_up.weight": (ffn, dim), b + "ffn_down.weight": (dim, ffn),
+        })
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise UserError(f"GGUF file has no tensor {name}")
+        got = tuple(int(d) for d in reversed(tensors[name].shape.tolist()))
+        if got != shape:
+            raise UserError(f"GGUF tensor {name} has shape {got}, expected {shape}")
+    if "rope_freqs.weight" in tensors:
+        raise UserError("GGUF file has rope_freqs.weight (Llama-3.1 style rope frequency factors); "
+                        "TFMistral has plain rotary embeddings, so it is not supported")
+    unused = [n for n in tensors if n not in shapes and not n.endswith(_IGNORED_TENSOR_SUFFIXES)]
+    if unused:
+        raise UserError(f"GGUF file has {len(unused)} tensor(s) TFMistral has no place for, e.g. {unused[0]}")
+    return shapes
+
+
 def load_gguf_mistral(path: str) -> Tuple[Any, Dict[str, Any]]:
     """Read a llama GGUF file; return ``(TFMistralForCausalLM, tokenizer_info)``.
 
@@ -263,65 +309,47 @@ def load_gguf_mistral(path: str) -> Tuple[Any, Dict[str, Any]]:
     (GGML type name -> count) describing the file; ``build_tokenizer(tokenizer_info)``
     turns it into a fast tokenizer.
     """
-    import tensorflow as tf
-    from transformers import TFMistralForCausalLM
-
     reader = _open_reader(path)
     hp = read_llama_hparams(reader)
     tok_info = read_tokenizer_info(reader)
     tensors = {t.name: t for t in reader.tensors}
+    expected = expected_llama_tensor_shapes(hp, tensors, len(tok_info["tokens"]))
+    vocab_size, dim = expected["token_embd.weight"]
+    n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
 
     def get(name: str) -> np.ndarray:
-        if name not in tensors:
-            raise UserError(f"GGUF file has no tensor {name}")
-        return dequantize_tensor(tensors[name])
-
-    def expect(name, arr, shape):
-        if arr.shape != tuple(shape):
-            raise UserError(f"GGUF tensor {name} has shape {arr.shape}, expected {tuple(shape)}")
+        arr = dequantize_tensor(tensors[name])
+        if arr.shape != expected[name]:  # cannot happen after the metadata check, unless the reader lies
+            raise UserError(f"GGUF tensor {name} has shape {arr.shape}, expected {expected[name]}")
         return arr
 
-    embed = get("token_embd.weight")
-    vocab_size, dim = embed.shape
-    if dim != hp["hidden_size"]:
-        raise UserError(f"token_embd.weight width {dim} differs from llama.embedding_length {hp['hidden_size']}")
-    if tok_info["tokens"] and len(tok_info["tokens"]) != vocab_size:
-        raise UserError(f"GGUF tokenizer has {len(tok_info['tokens'])} tokens but the embedding has {vocab_size} rows")
+    import tensorflow as tf  # imported late: file and metadata errors are reported without loading TF
+    from transformers import TFMistralForCausalLM
 
-    n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
-    head_dim, ffn = dim // n_head, hp["intermediate_size"]
     config = mistral_config_from_hparams(hp, vocab_size, tok_info)
     model = TFMistralForCausalLM(config)
     model(tf.constant([[0]], tf.int32), attention_mask=tf.constant([[1]], tf.int32))  # build the weights
 
     core = model.model
+    embed = get("token_embd.weight")
     core.embed_tokens.embeddings.assign(embed)
-    core.norm.weight.assign(expect("output_norm.weight", get("output_norm.weight"), (dim,)))
-    if "output.weight" in tensors:
-        lm = expect("output.weight", get("output.weight"), (vocab_size, dim))
-        tied = False
-    else:
-        lm, tied = embed, True
-    model.lm_head.kernel.assign(lm.T)
-    del lm
+    core.norm.weight.assign(get("output_norm.weight"))
+    tied = "output.weight" not in tensors
+    model.lm_head.kernel.assign((embed if tied else get("output.weight")).T)
+    del embed
 
     for i, layer in enumerate(core.layers):
         b = f"blk.{i}."
         att, mlp = layer.self_attn, layer.mlp
-        layer.input_layernorm.weight.assign(expect(b + "attn_norm.weight", get(b + "attn_norm.weight"), (dim,)))
-        layer.post_attention_layernorm.weight.assign(expect(b + "ffn_norm.weight", get(b + "ffn_norm.weight"), (dim,)))
-        q = unpermute_qk(expect(b + "attn_q.weight", get(b + "attn_q.weight"), (n_head * head_dim, dim)), n_head)
-        k = unpermute_qk(expect(b + "attn_k.weight", get(b + "attn_k.weight"), (n_kv * head_dim, dim)), n_kv)
-        att.q_proj.kernel.assign(q.T)
-        att.k_proj.kernel.assign(k.T)
-        att.v_proj.kernel.assign(expect(b + "attn_v.weight", get(b + "attn_v.weight"), (n_kv * head_dim, dim)).T)
-        att.o_proj.kernel.assign(expect(b + "attn_output.weight", get(b + "attn_output.weight"), (dim, n_head * head_dim)).T)
-        mlp.gate_proj.kernel.assign(expect(b + "ffn_gate.weight", get(b + "ffn_gate.weight"), (ffn, dim)).T)
-        mlp.up_proj.kernel.assign(expect(b + "ffn_up.weight", get(b + "ffn_up.weight"), (ffn, dim)).T)
-        mlp.down_proj.kernel.assign(expect(b + "ffn_down.weight", get(b + "ffn_down.weight"), (dim, ffn)).T)
-    for name in tensors:
-        if name.startswith(f"blk.{hp['num_hidden_layers']}."):
-            raise UserError(f"GGUF file has tensor {name} beyond llama.block_count = {hp['num_hidden_layers']}")
+        layer.input_layernorm.weight.assign(get(b + "attn_norm.weight"))
+        layer.post_attention_layernorm.weight.assign(get(b + "ffn_norm.weight"))
+        att.q_proj.kernel.assign(unpermute_qk(get(b + "attn_q.weight"), n_head).T)
+        att.k_proj.kernel.assign(unpermute_qk(get(b + "attn_k.weight"), n_kv).T)
+        att.v_proj.kernel.assign(get(b + "attn_v.weight").T)
+        att.o_proj.kernel.assign(get(b + "attn_output.weight").T)
+        mlp.gate_proj.kernel.assign(get(b + "ffn_gate.weight").T)
+        mlp.up_proj.kernel.assign(get(b + "ffn_up.weight").T)
+        mlp.down_proj.kernel.assign(get(b + "ffn_down.weight").T)
 
     counts: Dict[str, int] = {}
     for t in reader.tensors:
@@ -334,21 +362,23 @@ def load_gguf_mistral(path: str) -> Tuple[Any, Dict[str, Any]]:
 def model_info(tok_info: Dict[str, Any], config) -> Dict[str, Any]:
     counts = tok_info.get("tensor_types", {})
     weight_types = sorted(counts, key=lambda k: -counts[k])
+    detail = "GGUF tensor types: " + ", ".join(f"{k}: {counts[k]}" for k in weight_types)
     quantized = [t for t in weight_types if t not in ("F32", "F16", "BF16", "F64")]
     if quantized:
-        note = (f"weights were {'/'.join(quantized)} ({', '.join(f'{k}: {counts[k]} tensors' for k in weight_types)}) "
-                "before dequantization to float32; results on this model describe a model that was already "
-                "low-bit quantized")
-        if quantized[0] == "Q4_1":
-            note = "weights were 4-bit (Q4_1) before dequantization; " + note
+        main = quantized[0]
+        bits = main[1] if len(main) > 1 and main[0] in "QI" and main[1].isdigit() else "low"
+        note = f"weights were {bits}-bit ({main}) before dequantization"
+        detail += ("; all tensors were dequantized to float32; results on this model describe a model "
+                   "that was already low-bit quantized")
     else:
-        note = f"weights were {'/'.join(weight_types)} in the GGUF file"
+        note = f"weights were {'/'.join(weight_types)} in the GGUF file (not quantized)"
     hp = tok_info["hparams"]
     return {
         "source": tok_info["source"],
         "source_format": "gguf",
         "general_name": tok_info.get("general_name"),
         "note": note,
+        "note_detail": detail,
         "gguf_tensor_types": counts,
         "architecture": "mistral/llama",
         "tf_class": "TFMistralForCausalLM",

@@ -207,6 +207,28 @@ def _gptj_config(ckpt_dir: str):
         raise UserError(f"bad GPT-J config {cfg_path}: {exc}") from None
 
 
+def check_gptj_pt_state(state: Mapping[str, Any], config) -> None:
+    """Names and shapes of HF PyTorch GPT-J tensors against the config (before any TF work)."""
+    d, v = config.n_embd, config.vocab_size
+    inner = config.n_inner if config.n_inner is not None else 4 * d
+    shapes = {"transformer.wte.weight": (v, d), "transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,),
+              "lm_head.weight": (v, d), "lm_head.bias": (v,)}
+    for i in range(config.n_layer):
+        p = f"transformer.h.{i}."
+        shapes.update({p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "mlp.fc_in.weight": (inner, d),
+                       p + "mlp.fc_in.bias": (inner,), p + "mlp.fc_out.weight": (d, inner), p + "mlp.fc_out.bias": (d,)})
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[p + f"attn.{proj}.weight"] = (d, d)
+    for name, shape in shapes.items():
+        if name not in state:
+            raise UserError(f"checkpoint has no tensor {name}")
+        if tuple(state[name].shape) != shape:
+            raise UserError(f"checkpoint tensor {name} has shape {tuple(state[name].shape)}, the config needs {shape}")
+    extra = [k for k in state if k not in shapes and not k.endswith(_GPTJ_IGNORED_SUFFIXES)]
+    if extra:
+        raise UserError(f"checkpoint has {len(extra)} tensor(s) a GPT-J model does not use, e.g. {extra[0]}")
+
+
 def gptj_pt_to_tf_assignments(model, state: Mapping[str, Any]):
     """Pairs (tf_variable, numpy value) mapping HF PyTorch GPT-J names onto a built TFGPTJForCausalLM.
 
@@ -259,13 +281,11 @@ def load_gptj_checkpoint(ckpt_dir: str):
     without it) and goes through ``from_pretrained(from_pt=True)``; ``tf_model.h5`` is loaded
     with ``from_pretrained``.
     """
-    import tensorflow as tf
-    from transformers import TFGPTJForCausalLM
-
     if not os.path.isdir(ckpt_dir):
         raise UserError(f"checkpoint folder not found: {ckpt_dir}")
     config = _gptj_config(ckpt_dir)
     kind, files = _checkpoint_files(ckpt_dir)
+
     if kind == "bin":
         import importlib.util
 
@@ -274,13 +294,21 @@ def load_gptj_checkpoint(ckpt_dir: str):
                 f"checkpoint {ckpt_dir} holds pytorch_model.bin: reading it needs torch (pip install torch), "
                 "or convert it to model.safetensors"
             )
+
+    state = {}
+    if kind == "safetensors":
+        for f in files:
+            state.update(_read_safetensors(f))
+        check_gptj_pt_state(state, config)
+
+    import tensorflow as tf  # imported late: folder, config and tensor errors are reported without loading TF
+    from transformers import TFGPTJForCausalLM
+
+    if kind == "bin":
         return TFGPTJForCausalLM.from_pretrained(ckpt_dir, config=config, from_pt=True, local_files_only=True)
     if kind == "tf":
         return TFGPTJForCausalLM.from_pretrained(ckpt_dir, config=config, local_files_only=True)
 
-    state = {}
-    for f in files:
-        state.update(_read_safetensors(f))
     model = TFGPTJForCausalLM(config)
     model(tf.constant([[0]], tf.int32), attention_mask=tf.constant([[1]], tf.int32))  # build weights
     for var, val in gptj_pt_to_tf_assignments(model, state):
@@ -306,9 +334,30 @@ def prepare_from_checkpoint(ckpt_dir: str, output_dir: str, overwrite: bool = Fa
                                                   "n_positions", "n_inner", "activation_function")},
     }
 
+    tokenizer = _checkpoint_tokenizer(ckpt_dir)
+    if tokenizer is not None:
+        info["tokenizer"] = {"dir": "tokenizer"}
+
     def extras(tmp):
+        if tokenizer is not None:
+            tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
         with open(os.path.join(tmp, "tfquant_model.json"), "w", encoding="utf-8") as fh:
             _json.dump(info, fh, indent=2)
             fh.write("\n")
 
     return export_serving_savedmodel_with_extras(model, output_dir, overwrite=overwrite, extras=extras)
+
+
+def _checkpoint_tokenizer(ckpt_dir: str):
+    """The checkpoint's own tokenizer if the folder has one (saved to OUTPUT/tokenizer/), else None."""
+    import sys
+
+    if not any(os.path.isfile(os.path.join(ckpt_dir, f)) for f in ("tokenizer.json", "vocab.json")):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(ckpt_dir, local_files_only=True)
+    except Exception as exc:  # a broken tokenizer does not stop the model export
+        print(f"warning: tokenizer files in {ckpt_dir} could not be loaded ({exc}); none saved", file=sys.stderr)
+        return None

