@@ -57,6 +57,7 @@ def main():
     p.add_argument("--workdir", help="reuse models from here (default: a new temp folder)")
     args = p.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="tfquant-speed-")
+    os.makedirs(work, exist_ok=True)
     py = sys.executable
     fp32 = os.path.join(work, "fp32")
     if not os.path.exists(fp32):
