@@ -8,7 +8,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from . import savedmodel
-from .calibrate import activation_tensors, calibrate
+from .calibrate import activation_tensors, calibrate, matmul_inputs
 from .errors import UserError
 from .fsutil import atomic_output_dir, check_output_dir, dir_size_bytes
 from .graph import Graph
@@ -55,8 +55,8 @@ def calibration_batches(model, model_dir: str, calib_text: Optional[str], calib_
 
 
 def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_only: bool = False, *,
-                      output_format: Optional[str] = None, per_channel: bool = False, exclude: Iterable[str] = (),
-                      weight_bits: int = 7,
+                      output_format: Optional[str] = None, weight_granularity: str = "per_channel", exclude: Iterable[str] = (),
+                      weight_bits: int = 7, outlier_threshold: float = 0.0,
                       calib_text: Optional[str] = None, calib_samples: int = 16, seq_len: int = 128,
                       observer: str = "minmax", overwrite: bool = False, progress: bool = True) -> dict:
     """Quantize the SavedModel at ``src`` and write the result under ``dst``.
@@ -66,8 +66,8 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     Returns the report.
     """
     policy = QuantPolicy.from_flags(itex_mode=itex_mode, performance_only=performance_only,
-                                    output_format=output_format, weight_per_channel=per_channel, exclude=exclude,
-                                    weight_bits=weight_bits)
+                                    output_format=output_format, weight_granularity=weight_granularity, exclude=exclude,
+                                    weight_bits=weight_bits, outlier_threshold=outlier_threshold)
     check_output_dir(dst, overwrite)  # before minutes of work, not after
     timings = {}
     t = time.perf_counter()
@@ -80,7 +80,8 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     before = graph.op_histogram()
     tensors = activation_tensors(graph)
     runner = savedmodel.build_function(model.graph_def, model, model.captures, {t_: t_ for t_ in tensors})
-    ranges = calibrate(runner, batches, tensors, observer=observer, progress=progress)
+    channel_stats = matmul_inputs(graph) if policy.outlier_threshold else ()
+    ranges = calibrate(runner, batches, tensors, observer=observer, progress=progress, per_channel=channel_stats)
     del runner
     timings["calibrate"] = time.perf_counter() - t
 

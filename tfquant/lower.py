@@ -68,21 +68,23 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
     lowered: List[str] = []
     not_lowered: List[dict] = []
     replaced_reads = set()
+    per_channel_ops = 0
     activation_requant: Dict[str, str] = {}
     for mm in list(graph.by_op("MatMul")):
         a_deq, w_deq = (graph.node(i) for i in mm.input[:2])
         if a_deq.op != "Dequantize" or w_deq.op != "Dequantize":
             continue
         a_q, w_q = graph.node(a_deq.input[0]), graph.node(w_deq.input[0])
-        if w_q.attr["axis"].i != -1:
-            not_lowered.append({"op": mm.name, "reason": "per-channel weight scales: kernel takes scalar min_b/max_b"})
-            continue
+        per_channel = w_q.attr["axis"].i == 1
         if mm.attr["transpose_a"].b or mm.attr["transpose_b"].b:
             not_lowered.append({"op": mm.name, "reason": "transposed MatMul"})
             continue
         weight_tensor = w_q.input[0]
         w = model.weight_value(graph, weight_tensor).astype(np.float32)
-        w_max = np.float32(max(float(np.abs(w).max()), 1e-8))
+        if per_channel:
+            w_max = np.maximum(np.abs(w).max(axis=0), 1e-8).astype(np.float32)
+        else:
+            w_max = np.float32(max(float(np.abs(w).max()), 1e-8))
         w_int8 = quantize_weight(w, w_max, levels)
 
         # Activation: the kernel needs quint8.  A symmetric qint8 activation (performance_only)
@@ -110,7 +112,7 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
             except (ValueError, KeyError):
                 bias_add = None
         qa = 255.0 / (a_max - a_min) if a_mode == "MIN_FIRST" else 255.0 / max(abs(a_max), abs(a_min))
-        qw = levels / float(w_max)
+        qw = levels / w_max.astype(np.float64)
         comp = qa * a_min * w_int8.astype(np.int64).sum(axis=0) if a_mode == "MIN_FIRST" else 0.0
         bias_q = np.round(qa * qw * bias.astype(np.float64) + comp)
         bias_q = np.clip(bias_q, -2**31, 2**31 - 1).astype(np.int32)
@@ -123,21 +125,28 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
         b_const.attr["dtype"].type = DType("qint32").enum
         b_const.attr["value"].tensor.dtype = DType("qint32").enum
         graph.add(b_const)
-        # The kernel derives the weight scale as max|min_b, max_b| / 127.
-        kernel_max_b = np.float32(float(w_max) * 127.0 / levels)
+        # The kernel derives one weight scale as max|min_b, max_b| / 127 (scalars only).  Per
+        # channel, the kernel runs with unit scale (max_b = 127: it sees the integers as they
+        # are) and a Mul by 1/Qw_j per output column follows; the bias already holds Qw_j.
+        kernel_max_b = np.float32(127.0) if per_channel else np.float32(float(w_max) * 127.0 / levels)
         wmin = graph.add(make_const(f"{prefix}_min_b", -kernel_max_b))
         wmax = graph.add(make_const(f"{prefix}_max_b", kernel_max_b))
         fmin = graph.add(make_const(f"{prefix}_min_freezed_output", np.float32(0.0)))
         fmax = graph.add(make_const(f"{prefix}_max_freezed_output", np.float32(1.0)))
-        kernel = make_node(KERNEL, out_name, [quant, w_read, b_const.name, f"{quant}:1", f"{quant}:2",
+        kernel_name = f"{prefix}_int8_matmul" if per_channel else out_name
+        kernel = make_node(KERNEL, kernel_name, [quant, w_read, b_const.name, f"{quant}:1", f"{quant}:2",
                                               wmin.name, wmax.name, fmin.name, fmax.name], {
             "T1": DType("quint8"), "T2": DType("qint8"), "Tbias": DType("qint32"), "Toutput": DType("float"),
             "transpose_a": False, "transpose_b": False, "input_quant_mode": a_mode,
             "is_weight_const": True, "is_bias_const": True, "_kernel": MKL_LABEL})
         graph.remove([out_name] if bias_add is None else [bias_add.name, mm.name])
         graph.add(kernel)
+        if per_channel:
+            scale = graph.add(make_const(f"{prefix}_channel_scale", (1.0 / qw).astype(np.float32)))
+            graph.add(make_node("Mul", out_name, [kernel_name, scale.name], {"T": DType("float")}))
         replaced_reads.add(parse_input(graph.skip_identity(weight_tensor))[0])
         lowered.append(mm.name)
+        per_channel_ops += int(per_channel)
 
     embedding = lower_embeddings(graph, captures)
     _drop_dead_weight_controls(graph, replaced_reads | set(embedding["replaced_reads"]))
@@ -145,7 +154,8 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
     return {
         "count": len(lowered),
         "kernel": KERNEL,
-        "weight_granularity": "per_tensor",
+        "weight_granularity": "per_channel" if per_channel_ops else "per_tensor",
+        "per_channel_ops": per_channel_ops,
         "weight_bits": weight_bits,
         "weight_storage": "int8 variables (scales as constants)",
         "ops": lowered,

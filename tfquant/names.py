@@ -36,3 +36,7 @@ def weight_max(weight_node: str) -> str:
 
 def weight_dequantize(weight_node: str) -> str:
     return f"{weight_node}__dequant"
+
+
+def outlier_prefix(op: str) -> str:
+    return f"{op}_fp32_outlier_channels"

@@ -24,14 +24,17 @@ class QuantPolicy:
     symmetric_activations: bool = False     # performance_only: SCALED everywhere
     allow_transpose_a: bool = False         # itex_mode: ITEX handles MatMul(transpose_a)
     allow_fallback: bool = True             # performance_only: never keep ops in fp32 for accuracy
-    weight_per_channel: bool = False
+    weight_per_channel: bool = True         # per output channel (MatMul axis 1); the reference is per tensor
     output_format: str = "int8"             # "int8": lower to real int8 kernels; "qdq": keep the QDQ graph
     weight_bits: int = 7                    # lowered weights: 7 is saturation-safe without VNNI (see lower.py)
     exclude: Tuple[str, ...] = field(default_factory=tuple)  # regexes of op names kept in fp32
+    outlier_threshold: float = 0.0          # > 0: channels above threshold x median |x| run in fp32 (a fallback)
+    max_outlier_fraction: float = 0.01      # at most this share of a MatMul's input channels
 
     @classmethod
     def from_flags(cls, itex_mode: bool = False, performance_only: bool = False, output_format: str = None,
-                   weight_per_channel: bool = False, exclude=(), weight_bits: int = 7) -> "QuantPolicy":
+                   weight_granularity: str = "per_channel", exclude=(), weight_bits: int = 7,
+                   outlier_threshold: float = 0.0) -> "QuantPolicy":
         if output_format is None:
             # ITEX fuses QDQ itself at run time; stock TF needs the lowered int8 kernels to be fast.
             output_format = "qdq" if itex_mode else "int8"
@@ -39,6 +42,10 @@ class QuantPolicy:
             raise UserError(f"unknown --format {output_format!r} (choose from {', '.join(FORMATS)})")
         if itex_mode and output_format != "qdq":
             raise UserError("--itex_mode writes a QDQ graph for ITEX to fuse; it cannot be combined with --format int8")
+        if weight_granularity not in ("per_channel", "per_tensor"):
+            raise UserError(f"weight granularity must be per_channel or per_tensor, got {weight_granularity!r}")
+        if outlier_threshold < 0:
+            raise UserError(f"--outlier_threshold must be >= 0, got {outlier_threshold}")
         if weight_bits not in (7, 8):
             raise UserError(f"--weight_bits must be 7 or 8, got {weight_bits}")
         for pattern in exclude:
@@ -54,10 +61,12 @@ class QuantPolicy:
             symmetric_activations=performance_only,
             allow_transpose_a=itex_mode,
             allow_fallback=not performance_only,
-            weight_per_channel=weight_per_channel,
+            weight_per_channel=weight_granularity == "per_channel",
             output_format=output_format,
             weight_bits=weight_bits,
             exclude=tuple(exclude),
+            # performance_only means no fallback of any kind, partial (outlier channels) included
+            outlier_threshold=0.0 if performance_only else float(outlier_threshold),
         )
 
     def activation_mode(self) -> str:

@@ -40,9 +40,14 @@ def parse_args(argv=None):
                    help="symmetric (SCALED) activations, no fallback, relaxed ConcatV2 rule")
     p.add_argument("--format", dest="output_format", choices=("int8", "qdq"),
                    help="int8: real int8 kernels on stock TF (default); qdq: keep QuantizeV2/Dequantize pairs")
-    p.add_argument("--per_channel", action="store_true", default=None, help="per-output-channel weight scales")
+    p.add_argument("--weight_granularity", choices=("per_channel", "per_tensor"),
+                   help="weight scales: per output channel (default) or one per tensor (the reference)")
     p.add_argument("--weight_bits", type=int, choices=(7, 8),
                    help="bits of lowered int8 weights: 7 (default) cannot saturate on CPUs without VNNI; 8 for VNNI/AMX")
+    p.add_argument("--outlier_threshold", type=float,
+                   help="MatMul input channels whose calibrated |x| exceeds this x the median channel run in fp32 "
+                        "(default 0 = off; the 'accurate' recipe uses 16)")
+    p.add_argument("--observer", choices=("minmax", "percentile", "mse", "kl"), help="activation range observer")
     p.add_argument("--exclude", action="append", help="regex of op names to keep in fp32 (repeatable)")
     p.add_argument("--calib_text", help="UTF-8 text file for calibration (default: shipped Austen calibration split)")
     p.add_argument("--calib_samples", type=int, help="calibration windows (default 16)")
@@ -52,8 +57,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None, "per_channel": False,
-            "exclude": [], "weight_bits": 7, "calib_text": None, "calib_samples": 16, "seq_len": 128}
+DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None, "weight_granularity": "per_channel",
+            "exclude": [], "weight_bits": 7, "outlier_threshold": 0.0, "observer": "minmax", "calib_text": None, "calib_samples": 16, "seq_len": 128}
 
 
 def resolve_options(args) -> dict:

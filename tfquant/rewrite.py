@@ -91,6 +91,39 @@ class QDQInserter:
         return deq
 
 
+def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
+    """y = x @ W  ->  y = Q(x) @ Q(W * row_mask) + gather(x, outliers) @ W[outliers]
+
+    QuantizeV2 saturates the outlier channels at the edge of the (now narrow) range, and
+    their weight rows are zero in the int8 weight, so they contribute nothing there; the
+    thin fp32 MatMul adds their exact contribution.  Consumers of the op read the sum.
+    """
+    from .graph import canonical
+
+    op, idx = node.name, np.asarray(plan.outlier_channels, np.int32)
+    w = np.asarray(weight_values(plan.weight.tensor), np.float32)
+    act = canonical(node.input[0])
+    consumers = [n for n in graph.nodes.values() if any(i in (op, op + ":0") for i in n.input)]
+    prefix = names.outlier_prefix(op)
+    graph.add(make_const(f"{prefix}/channels", idx))
+    graph.add(make_const(f"{prefix}/axis", np.int32(1)))
+    graph.add(make_node("GatherV2", f"{prefix}/gather", [act, f"{prefix}/channels", f"{prefix}/axis"],
+                        {"Tparams": DType("float"), "Tindices": DType("int32"), "Taxis": DType("int32"), "batch_dims": 0}))
+    graph.add(make_const(f"{prefix}/weight", w[idx, :]))
+    graph.add(make_node("MatMul", f"{prefix}/matmul", [f"{prefix}/gather", f"{prefix}/weight"],
+                        {"T": DType("float"), "transpose_a": False, "transpose_b": False}))
+    mask = np.ones((w.shape[0], 1), np.float32)
+    mask[idx] = 0.0
+    graph.add(make_const(f"{prefix}/row_mask", mask))
+    graph.add(make_node("Mul", f"{prefix}/masked_weight", [plan.weight.tensor, f"{prefix}/row_mask"], {"T": DType("float")}))
+    graph.add(make_node("AddV2", f"{prefix}/add", [op, f"{prefix}/matmul"], {"T": DType("float")}))
+    for c in consumers:
+        for i, inp in enumerate(c.input):
+            if inp == op or inp == op + ":0":
+                c.input[i] = f"{prefix}/add"
+    return WeightQ(plan.weight.input_index, f"{prefix}/masked_weight", plan.weight.per_channel)
+
+
 def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarray]) -> RewriteResult:
     result = RewriteResult()
     inserter = QDQInserter(graph, weight_values)
@@ -99,14 +132,18 @@ def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarra
             result.skipped.append(asdict(d))
             continue
         node = graph.node(d.op)
+        weight = d.weight
+        if d.outlier_channels:
+            weight = split_outliers(graph, node, d, weight_values)
         for q in d.activations:
             graph.rewire_input(node, q.input_index, inserter.activation(d.op, q))
-        if d.weight is not None:
-            graph.rewire_input(node, d.weight.input_index, inserter.weight(d.weight))
+        if weight is not None:
+            graph.rewire_input(node, weight.input_index, inserter.weight(weight))
         result.quantized.append({
             "op": d.op, "op_type": d.op_type,
             "activations": [asdict(a) for a in d.activations],
-            "weight": asdict(d.weight) if d.weight else None,
+            "weight": asdict(weight) if weight else None,
+            "outlier_channels": list(d.outlier_channels),
         })
     result.shared_quantize_nodes = inserter.shared
     graph.toposort()

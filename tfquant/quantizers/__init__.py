@@ -7,7 +7,7 @@ not edit the graph: ``tfquant.rewrite`` applies the plans.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 QUANTIZERS: Dict[str, object] = {}
 
@@ -44,6 +44,9 @@ class Plan:
     op_type: str
     activations: List[ActivationQ] = field(default_factory=list)
     weight: Optional[WeightQ] = None
+    # Input channels whose calibrated magnitude would wreck a per-tensor int8 range: they are
+    # computed in fp32 by a thin side MatMul and zeroed in the int8 weight (see rewrite.py).
+    outlier_channels: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

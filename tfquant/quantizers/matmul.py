@@ -1,6 +1,8 @@
 """MatMul: QDQ on the activation (input 0) and on the weight (input 1)."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..calibrate import is_float
 from ..graph import canonical, parse_input
 from ..qparams import activation_range
@@ -30,13 +32,38 @@ class MatMulQuantizer:
         if act not in ranges:
             return skip("no calibrated range for the activation")
         rng = ranges[act]
+        outliers, lo, hi = split_outlier_channels(rng, policy.outlier_threshold, policy.max_outlier_fraction)
         dtype, mode = "quint8", policy.activation_mode()
         if mode == "SCALED":
             dtype = policy.activation_dtype(rng)
-        lo, hi = activation_range(rng.min, rng.max, mode, dtype)
+        lo, hi = activation_range(lo, hi, mode, dtype)
         return Plan(
             node.name,
             self.op_type,
             activations=[ActivationQ(0, act, dtype, mode, lo, hi)],
             weight=WeightQ(1, weight, policy.weight_per_channel),
+            outlier_channels=outliers,
         )
+
+
+def split_outlier_channels(rng, threshold: float, max_fraction: float):
+    """Channels whose calibrated |x| exceeds ``threshold`` x the median channel's, largest first,
+    at most ``max_fraction`` of the channels.  Returns (channels, min, max of the others).
+
+    Real LLMs put a few "massive activations" in one or two channels (SmolLM2-135M: one
+    down_proj input channel reaches 2,867 where the median channel stays within 1.3), and a
+    per-tensor int8 range stretched over them rounds every ordinary value to zero.
+    """
+    if not threshold or rng.channel_min is None:
+        return (), rng.min, rng.max
+    cmin, cmax = np.asarray(rng.channel_min), np.asarray(rng.channel_max)
+    mag = np.maximum(np.abs(cmin), np.abs(cmax))
+    median = float(np.median(mag))
+    order = np.argsort(-mag, kind="stable")
+    limit = max(1, int(len(mag) * max_fraction))
+    picked = [int(i) for i in order[:limit] if mag[i] > threshold * max(median, 1e-12)]
+    if not picked:
+        return (), rng.min, rng.max
+    keep = np.ones(len(mag), bool)
+    keep[picked] = False
+    return tuple(sorted(picked)), float(cmin[keep].min()), float(cmax[keep].max())

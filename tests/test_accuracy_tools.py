@@ -1,0 +1,115 @@
+"""Observers on constructed tensors with known answers; outlier-channel split and per-channel lowering."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_logits
+from tfquant.calibrate import Observer, TensorRange
+from tfquant.errors import UserError
+from tfquant.quantizers.matmul import split_outlier_channels
+
+
+def observe(method, *arrays):
+    obs = Observer(method)
+    for a in arrays:
+        obs.observe(np.asarray(a, np.float32))
+    return obs.range()
+
+
+def test_minmax_is_global_min_of_minima_and_max_of_maxima():
+    r = observe("minmax", [[-1.0, 2.0]], [[0.5, 7.0]], [[-3.0, 0.0]])
+    assert (r.min, r.max) == (-3.0, 7.0)
+
+
+def test_empty_batches_are_ignored():
+    obs = Observer("minmax")
+    obs.observe(np.zeros((4, 0), np.float32))
+    assert obs.count == 0
+    obs.observe(np.array([[1.0, 2.0]], np.float32))
+    assert (obs.range().min, obs.range().max) == (1.0, 2.0)
+
+
+def test_percentile_clips_a_single_outlier():
+    # 100,000 values uniform in [0, 1] and one value at 1000: the 99.99th percentile ignores it.
+    x = np.linspace(0.0, 1.0, 100_000)
+    r = observe("percentile", np.append(x, 1000.0))
+    assert r.min == pytest.approx(0.0, abs=1e-6)
+    assert r.max == pytest.approx(1.0, abs=0.5)  # one 2048-bin histogram bin over [0, 1000] is ~0.49 wide
+    assert r.max < 2.0
+
+
+def test_mse_keeps_the_full_range_of_a_uniform_tensor_and_finds_the_laplace_optimum():
+    uniform = observe("mse", np.linspace(-1.0, 1.0, 50_001))
+    assert uniform.min == pytest.approx(-1.0, abs=0.02) and uniform.max == pytest.approx(1.0, abs=0.02)
+    # Known answer (Banner et al., ACIQ): the MSE-optimal 8-bit clip of Laplace(0, b) is about 9.89 b,
+    # well inside the sample extremes (~13.8 b for a million draws).
+    x = np.random.RandomState(0).laplace(0.0, 1.0, 1_000_000)
+    r = observe("mse", x)
+    assert (r.max - r.min) / 2 == pytest.approx(9.89, rel=0.05)
+    assert r.max < x.max() and r.min > x.min()
+
+
+def test_kl_clips_the_tail_of_a_gaussian_with_an_outlier():
+    rs = np.random.RandomState(0)
+    x = np.concatenate([rs.randn(200_000), [50.0]])
+    r = observe("kl", x)
+    # entropy calibration keeps the bulk (|x| < ~4.5 for 200k draws) and drops the lone outlier
+    assert 2.5 < r.max < 10.0
+    assert -10.0 < r.min < -2.5
+
+
+def test_unknown_observer_is_a_user_error():
+    with pytest.raises(UserError, match="unknown observer"):
+        Observer("median")
+
+
+def test_per_channel_stats_and_outlier_split():
+    obs = Observer("minmax", per_channel=True)
+    x = np.random.RandomState(0).uniform(-1, 1, size=(64, 32)).astype(np.float32)
+    x[5, 7] = 300.0  # one massive activation in channel 7
+    x[9, 20] = -150.0  # and one in channel 20
+    obs.observe(x)
+    r = obs.range()
+    channels, lo, hi = split_outlier_channels(r, threshold=16.0, max_fraction=0.1)
+    assert channels == (7, 20)
+    assert -1.0 <= lo < -0.9 and 0.9 < hi <= 1.0
+    # no threshold, or no per-channel stats: nothing is split
+    assert split_outlier_channels(r, 0.0, 0.1)[0] == ()
+    assert split_outlier_channels(TensorRange(-1.0, 300.0), 16.0, 0.1)[0] == ()
+    # the cap keeps only the largest channel
+    assert split_outlier_channels(r, 16.0, 1 / 32)[0] == (7,)
+
+
+def test_outlier_split_graph_and_accuracy(convert, tiny_gptj, random_batch):
+    """Force a split on the tiny model (threshold 2 catches channels of a random net) and check the graph
+    still computes the same function: int8 part + fp32 side MatMul."""
+    out, report = convert("split", outlier_threshold=2.0)
+    split = [q for q in report["quantized"] if q["outlier_channels"]]
+    assert split
+    from tfquant.graphio import read_graph_def
+
+    nodes = {n.name: n for n in read_graph_def(os.path.join(out, "converted_graph_def.pb")).node}
+    op = split[0]["op"]
+    assert nodes[f"{op}_fp32_outlier_channels/add"].op == "AddV2"
+    assert nodes[f"{op}_fp32_outlier_channels/matmul"].op == "MatMul"
+    ref = run_logits(tiny_gptj, random_batch)
+    got = run_logits(os.path.join(out, "model"), random_batch)
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_performance_only_disables_outlier_fallback():
+    from tfquant.policy import QuantPolicy
+
+    assert QuantPolicy.from_flags(performance_only=True, outlier_threshold=16).outlier_threshold == 0.0
+    assert QuantPolicy.from_flags(outlier_threshold=16).outlier_threshold == 16.0
+
+
+def test_per_channel_and_per_tensor_lowering_agree_with_fp32(convert, tiny_gptj, random_batch):
+    ref = run_logits(tiny_gptj, random_batch)
+    for granularity in ("per_channel", "per_tensor"):
+        out, report = convert(f"gran_{granularity}", weight_granularity=granularity)
+        assert report["lowered"]["weight_granularity"] == granularity
+        got = run_logits(os.path.join(out, "model"), random_batch)
+        assert np.abs(got - ref).max() < 0.1
+        assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
