@@ -113,3 +113,70 @@ def test_per_channel_and_per_tensor_lowering_agree_with_fp32(convert, tiny_gptj,
         got = run_logits(os.path.join(out, "model"), random_batch)
         assert np.abs(got - ref).max() < 0.1
         assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_smoothing_alone_leaves_the_fp32_output_unchanged(tiny_gptj, random_batch):
+    """SmoothQuant only rescales: X @ W == (X / s) @ (s * W), up to float rounding."""
+    from tfquant import savedmodel
+    from tfquant.calibrate import activation_tensors, calibrate, matmul_inputs
+    from tfquant.convert import calibration_batches
+    from tfquant.graph import Graph
+    from tfquant.policy import QuantPolicy
+    from tfquant.smooth import apply_smoothing
+
+    model = savedmodel.extract(tiny_gptj)
+    graph = Graph(model.graph_def)
+    tensors = activation_tensors(graph)
+    runner = savedmodel.build_function(model.graph_def, model, model.captures, {t: t for t in tensors})
+    batches = calibration_batches(model, tiny_gptj, None, 2, 32)
+    ranges = calibrate(runner, batches, tensors, progress=False, per_channel=matmul_inputs(graph))
+    new_ranges, rows = apply_smoothing(graph, ranges, lambda t: model.weight_value(graph, t),
+                                       QuantPolicy.from_flags(), alpha=0.5)
+    assert len(rows) == 7  # per layer: ln_1 output (q/k/v/fc_in), attention context, MLP hidden; + lm_head input
+    assert sum(len(r["matmuls"]) for r in rows) == 13
+    ids, mask = random_batch
+    before = savedmodel.build_function(model.graph_def, model, model.captures)(input_ids=ids, attention_mask=mask)
+    after = savedmodel.build_function(graph.to_graph_def(), model, model.captures)(input_ids=ids, attention_mask=mask)
+    ref, got = before["logits"].numpy(), after["logits"].numpy()
+    assert np.abs(ref - got).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    # ranges were rescaled channel by channel: the smoothed tensors exist and are narrower where X had outliers
+    smoothed = [k for k in new_ranges if k.endswith("_smoothquant/x")]
+    assert len(smoothed) == 7
+
+
+def test_smoothquant_conversion_runs_and_agrees(convert, tiny_gptj, random_batch):
+    out, report = convert("smooth", smooth_alpha=0.5)
+    assert len(report["smoothing"]) == 7
+    ref = run_logits(tiny_gptj, random_batch)
+    got = run_logits(os.path.join(out, "model"), random_batch)
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_measured_fallback_picks_the_most_sensitive_ops(convert, tiny_gptj):
+    """A zero budget cannot be met, so exactly max_ops ops fall back, in sensitivity order, and
+    the KL after each step is recorded; the chosen ops are reported as skipped and stay MatMul."""
+    out, report = convert("fallback", fallback_kl=1e-12, fallback_max_ops=2, calib_samples=2, seq_len=16)
+    fb = report["fallback"]
+    assert len(fb["ops"]) == 2 and fb["ops"] == [r["op"] for r in fb["ranking_top"][:2]]
+    kls = [h["kl"] for h in fb["kl_history"]]
+    assert len(kls) == 3 and all(k >= 0 for k in kls)
+    skipped = {s["op"] for s in report["skipped"] if "measured fallback" in s["reason"]}
+    assert skipped == set(fb["ops"])
+    from tfquant.graphio import read_graph_def
+
+    nodes = {n.name: n for n in read_graph_def(os.path.join(out, "converted_graph_def.pb")).node}
+    assert all(nodes[op].op == "MatMul" for op in fb["ops"])
+    assert report["lowered"]["count"] == 11
+
+
+def test_sensitivity_masks_switch_ops_exactly(tiny_gptj):
+    """With an all-zero mask the instrumented graph is the fp32 model (KL 0); all ones equals full QDQ (KL > 0)."""
+    from tfquant.convert import prepare_qdq
+    from tfquant.policy import QuantPolicy
+    from tfquant.sensitivity import make_switchable
+
+    prep = prepare_qdq(tiny_gptj, QuantPolicy.from_flags(output_format="qdq"), calib_samples=2, seq_len=16, progress=False)
+    sw = make_switchable(prep.graph, prep.quantized_ops, prep.model, prep.model.captures, prep.batches[:1])
+    n = len(sw.ops)
+    assert sw.kl(np.zeros(n, np.float32)) == pytest.approx(0.0, abs=1e-9)
+    assert sw.kl(np.ones(n, np.float32)) > 0.0

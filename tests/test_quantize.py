@@ -45,7 +45,9 @@ def test_every_matmul_has_reference_qdq(qdq_default):
         assert w_q.op == "QuantizeV2" and w_q.attr["T"].type == 11 and w_q.attr["mode"].s == b"SCALED"  # qint8
         assert w_q.name.endswith("ReadVariableOp_qint8_const_quant")
         assert w_deq.name.endswith("ReadVariableOp__dequant")
-        assert nodes[w_q.input[0]].op == "ReadVariableOp"  # the weight is still a variable
+        assert w_q.attr["axis"].i == 1  # per-channel weight scales by default
+        shaped = nodes[w_q.input[0]]
+        assert shaped.op == "EnsureShape" and nodes[shaped.input[0]].op == "ReadVariableOp"  # still a variable
     kinds = collections.Counter(q["op_type"] for q in report["quantized"])
     assert kinds == {"MatMul": 13}
 

@@ -30,11 +30,12 @@ class QuantPolicy:
     exclude: Tuple[str, ...] = field(default_factory=tuple)  # regexes of op names kept in fp32
     outlier_threshold: float = 0.0          # > 0: channels above threshold x median |x| run in fp32 (a fallback)
     max_outlier_fraction: float = 0.01      # at most this share of a MatMul's input channels
+    smooth_alpha: float = 0.0               # > 0: SmoothQuant migration strength (tfquant/smooth.py)
 
     @classmethod
     def from_flags(cls, itex_mode: bool = False, performance_only: bool = False, output_format: str = None,
                    weight_granularity: str = "per_channel", exclude=(), weight_bits: int = 7,
-                   outlier_threshold: float = 0.0) -> "QuantPolicy":
+                   outlier_threshold: float = 0.0, smooth_alpha: float = 0.0) -> "QuantPolicy":
         if output_format is None:
             # ITEX fuses QDQ itself at run time; stock TF needs the lowered int8 kernels to be fast.
             output_format = "qdq" if itex_mode else "int8"
@@ -44,6 +45,8 @@ class QuantPolicy:
             raise UserError("--itex_mode writes a QDQ graph for ITEX to fuse; it cannot be combined with --format int8")
         if weight_granularity not in ("per_channel", "per_tensor"):
             raise UserError(f"weight granularity must be per_channel or per_tensor, got {weight_granularity!r}")
+        if not 0.0 <= smooth_alpha <= 1.0:
+            raise UserError(f"--smooth_alpha must be in [0, 1], got {smooth_alpha}")
         if outlier_threshold < 0:
             raise UserError(f"--outlier_threshold must be >= 0, got {outlier_threshold}")
         if weight_bits not in (7, 8):
@@ -67,6 +70,7 @@ class QuantPolicy:
             exclude=tuple(exclude),
             # performance_only means no fallback of any kind, partial (outlier channels) included
             outlier_threshold=0.0 if performance_only else float(outlier_threshold),
+            smooth_alpha=float(smooth_alpha),
         )
 
     def activation_mode(self) -> str:

@@ -47,6 +47,11 @@ def parse_args(argv=None):
     p.add_argument("--outlier_threshold", type=float,
                    help="MatMul input channels whose calibrated |x| exceeds this x the median channel run in fp32 "
                         "(default 0 = off; the 'accurate' recipe uses 16)")
+    p.add_argument("--smooth_alpha", type=float, help="SmoothQuant migration strength in [0, 1] (default 0 = off)")
+    p.add_argument("--fallback_kl", type=float,
+                   help="measured fallback: keep the most sensitive ops in fp32 until KL(fp32 || int8) of the "
+                        "next-token distributions on calibration windows is <= this (default 0 = off)")
+    p.add_argument("--fallback_max_ops", type=int, help="at most this many ops fall back (default 16)")
     p.add_argument("--observer", choices=("minmax", "percentile", "mse", "kl"), help="activation range observer")
     p.add_argument("--exclude", action="append", help="regex of op names to keep in fp32 (repeatable)")
     p.add_argument("--calib_text", help="UTF-8 text file for calibration (default: shipped Austen calibration split)")
@@ -58,7 +63,8 @@ def parse_args(argv=None):
 
 
 DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None, "weight_granularity": "per_channel",
-            "exclude": [], "weight_bits": 7, "outlier_threshold": 0.0, "observer": "minmax", "calib_text": None, "calib_samples": 16, "seq_len": 128}
+            "exclude": [], "weight_bits": 7, "outlier_threshold": 0.0, "smooth_alpha": 0.0, "observer": "minmax",
+            "fallback_kl": 0.0, "fallback_max_ops": 16, "calib_text": None, "calib_samples": 16, "seq_len": 128}
 
 
 def resolve_options(args) -> dict:

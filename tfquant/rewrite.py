@@ -37,6 +37,12 @@ def plan_all(graph: Graph, policy, ranges) -> List[object]:
     return decisions
 
 
+def _shape_proto(shape):
+    from tensorflow.core.framework import tensor_shape_pb2
+
+    return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in shape])
+
+
 def _round_mode(mode: str) -> str:
     return "HALF_TO_EVEN" if mode == "SCALED" else "HALF_AWAY_FROM_ZERO"
 
@@ -84,7 +90,15 @@ class QDQInserter:
         mn = self.graph.add(make_const(names.weight_min(w_node), lo))
         mx = self.graph.add(make_const(names.weight_max(w_node), hi))
         quant = names.weight_quantize(w_node)
-        self.graph.add(make_node("QuantizeV2", quant, [q.tensor, mn.name, mx.name], _quantize_attrs("qint8", "SCALED", axis)))
+        source = q.tensor
+        if q.per_channel:
+            # A variable read has no static shape in an imported GraphDef, and QuantizeV2/Dequantize
+            # with axis=1 need a known rank: state the shape.
+            shape = self.weight_values(q.tensor).shape
+            source = self.graph.add(make_node("EnsureShape", f"{quant}/shape", [q.tensor],
+                                              {"T": DType("float")})).name
+            self.graph.node(source).attr["shape"].shape.CopyFrom(_shape_proto(shape))
+        self.graph.add(make_node("QuantizeV2", quant, [source, mn.name, mx.name], _quantize_attrs("qint8", "SCALED", axis)))
         deq = names.weight_dequantize(w_node)
         self.graph.add(make_node("Dequantize", deq, [quant, f"{quant}:1", f"{quant}:2"], _dequantize_attrs("qint8", "SCALED", axis)))
         self._weight_dequantize[key] = deq

@@ -39,7 +39,9 @@ class ExtractedModel:
         if node.op == "ReadVariableOp":
             placeholder = parse_input(graph.skip_identity(node.input[0]))[0]
             return self.captures[placeholder].numpy()
-        if node.op == "Mul":  # a weight times a constant mask (outlier-channel split)
+        if node.op in ("EnsureShape", "Identity"):
+            return self.weight_value(graph, node.input[0])
+        if node.op == "Mul":  # a weight times a constant (outlier-channel mask, SmoothQuant scale)
             return self.weight_value(graph, node.input[0]) * self.weight_value(graph, node.input[1])
         raise ValueError(f"{tensor} is not a weight")
 
