@@ -126,11 +126,11 @@ def measured_fallback(prep: Prepared, budget_kl: float, max_ops: int, kl_samples
 
 def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_only: bool = False, *,
                       output_format: Optional[str] = None, weight_granularity: str = "per_channel", exclude: Iterable[str] = (),
-                      weight_bits: int = 7, outlier_threshold: float = 0.0, smooth_alpha: float = 0.0,
+                      weight_bits: int = 7, outlier_threshold: float = 6.0, smooth_alpha: float = 0.0,
                       fallback_kl: float = 0.0,
                       fallback_max_ops: int = 16, fallback_windows: int = 2,
                       calib_text: Optional[str] = None, calib_samples: int = 16, seq_len: int = 128,
-                      observer: str = "minmax", overwrite: bool = False, progress: bool = True) -> dict:
+                      observer: str = "mse", overwrite: bool = False, progress: bool = True) -> dict:
     """Quantize the SavedModel at ``src`` and write the result under ``dst``.
 
     ``dst`` receives ``model/`` (the converted SavedModel, same signature), ``extracted_graph_def.pb``,

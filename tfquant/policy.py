@@ -28,14 +28,14 @@ class QuantPolicy:
     output_format: str = "int8"             # "int8": lower to real int8 kernels; "qdq": keep the QDQ graph
     weight_bits: int = 7                    # lowered weights: 7 is saturation-safe without VNNI (see lower.py)
     exclude: Tuple[str, ...] = field(default_factory=tuple)  # regexes of op names kept in fp32
-    outlier_threshold: float = 0.0          # > 0: channels above threshold x median |x| run in fp32 (a fallback)
+    outlier_threshold: float = 6.0          # > 0: channels above threshold x median |x| run in fp32 (a fallback)
     max_outlier_fraction: float = 0.01      # at most this share of a MatMul's input channels
     smooth_alpha: float = 0.0               # > 0: SmoothQuant migration strength (tfquant/smooth.py)
 
     @classmethod
     def from_flags(cls, itex_mode: bool = False, performance_only: bool = False, output_format: str = None,
                    weight_granularity: str = "per_channel", exclude=(), weight_bits: int = 7,
-                   outlier_threshold: float = 0.0, smooth_alpha: float = 0.0) -> "QuantPolicy":
+                   outlier_threshold: float = 6.0, smooth_alpha: float = 0.0) -> "QuantPolicy":
         if output_format is None:
             # ITEX fuses QDQ itself at run time; stock TF needs the lowered int8 kernels to be fast.
             output_format = "qdq" if itex_mode else "int8"

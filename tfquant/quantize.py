@@ -46,7 +46,7 @@ def parse_args(argv=None):
                    help="bits of lowered int8 weights: 7 (default) cannot saturate on CPUs without VNNI; 8 for VNNI/AMX")
     p.add_argument("--outlier_threshold", type=float,
                    help="MatMul input channels whose calibrated |x| exceeds this x the median channel run in fp32 "
-                        "(default 0 = off; the 'accurate' recipe uses 16)")
+                        "(default 6; 0 turns it off)")
     p.add_argument("--smooth_alpha", type=float, help="SmoothQuant migration strength in [0, 1] (default 0 = off)")
     p.add_argument("--fallback_kl", type=float,
                    help="measured fallback: keep the most sensitive ops in fp32 until KL(fp32 || int8) of the "
@@ -63,7 +63,7 @@ def parse_args(argv=None):
 
 
 DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None, "weight_granularity": "per_channel",
-            "exclude": [], "weight_bits": 7, "outlier_threshold": 0.0, "smooth_alpha": 0.0, "observer": "minmax",
+            "exclude": [], "weight_bits": 7, "outlier_threshold": 6.0, "smooth_alpha": 0.0, "observer": "mse",
             "fallback_kl": 0.0, "fallback_max_ops": 16, "calib_text": None, "calib_samples": 16, "seq_len": 128}
 
 

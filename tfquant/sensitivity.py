@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--calib_samples", type=int, default=16)
     p.add_argument("--calib_text")
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--outlier_threshold", type=float, default=0.0, help="as in tfquant.quantize")
+    p.add_argument("--outlier_threshold", type=float, default=6.0, help="as in tfquant.quantize")
     p.add_argument("--weight_granularity", choices=("per_channel", "per_tensor"), default="per_channel")
     p.add_argument("--output", help="write the full ranking as JSON")
     p.add_argument("--quiet", action="store_true")

@@ -17,6 +17,13 @@ class ConcatV2Quantizer:
             return None  # int32 shape arithmetic: not a quantization candidate at all
         if not policy.quantize_concat:
             return skip("itex_mode: ConcatV2 gets no QDQ")
+        if policy.output_format == "int8":
+            return skip("int8 format: no int8 kernel consumes a ConcatV2 on stock TF, QDQ would only add error")
+        users = {u.op for u in graph.consumers().get(node.name, [])}
+        if users & {"Cos", "Sin"}:
+            # Rotary position angles (position x inv_freq), not activations: quantizing them clips every
+            # position past the calibration length and shifts the rest by up to half a step.
+            return skip("feeds Cos/Sin (rotary position angles), not an activation")
         if policy.is_excluded(node.name):
             return skip("kept in fp32 by an --exclude pattern")
         n = node.attr["N"].i
