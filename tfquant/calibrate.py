@@ -185,8 +185,9 @@ def is_float(node) -> bool:
     return node.attr["T"].type == 1  # DT_FLOAT
 
 
-def activation_tensors(graph: Graph) -> List[str]:
-    """Float activation inputs of MatMul (input 0) and of float ConcatV2 (every data input).
+def activation_tensors(graph: Graph, include_concat: bool = True) -> List[str]:
+    """Float activation inputs of MatMul (input 0) and of float ConcatV2 (every data input, unless
+    the policy never quantizes ConcatV2).
 
     Sorted, so that calibration and its report are deterministic.
     """
@@ -194,7 +195,7 @@ def activation_tensors(graph: Graph) -> List[str]:
     for node in graph.by_op("MatMul"):
         if is_float(node):
             wanted.add(canonical(node.input[0]))
-    for node in graph.by_op("ConcatV2"):
+    for node in graph.by_op("ConcatV2") if include_concat else ():
         if is_float(node):
             n = node.attr["N"].i
             wanted.update(canonical(i) for i in node.input[:n])

@@ -92,7 +92,7 @@ def prepare_qdq(src: str, policy: Optional[QuantPolicy] = None, *, calib_text: O
     graph = Graph(model.graph_def)
     before = graph.op_histogram()
     if ranges is None:
-        tensors = activation_tensors(graph)
+        tensors = activation_tensors(graph, include_concat=not policy.concat_skip_reason)
         runner = savedmodel.build_function(model.graph_def, model, model.captures, {t_: t_ for t_ in tensors})
         channel_stats = matmul_inputs(graph) if (policy.outlier_threshold or policy.smooth_alpha) else ()
         ranges = calibrate(runner, batches, tensors, observer=observer, progress=progress, per_channel=channel_stats)

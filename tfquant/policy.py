@@ -19,7 +19,7 @@ class QuantPolicy:
     itex_mode: bool = False
     performance_only: bool = False
     # --- decisions derived from the flags (see from_flags) ---
-    quantize_concat: bool = True            # itex_mode: ConcatV2 gets no QDQ
+    concat_skip_reason: str = ""            # why float ConcatV2 gets no QDQ at all ("" = it may)
     concat_needs_nonnegative: bool = True   # reference rule; performance_only relaxes it to "same type"
     symmetric_activations: bool = False     # performance_only: SCALED everywhere
     allow_transpose_a: bool = False         # itex_mode: ITEX handles MatMul(transpose_a)
@@ -59,7 +59,10 @@ class QuantPolicy:
         return cls(
             itex_mode=itex_mode,
             performance_only=performance_only,
-            quantize_concat=not itex_mode,
+            concat_skip_reason=(
+                "itex_mode: ConcatV2 gets no QDQ" if itex_mode else
+                "int8 format: no int8 kernel consumes a ConcatV2 on stock TF, QDQ would only add error"
+                if output_format == "int8" else ""),
             concat_needs_nonnegative=not performance_only,
             symmetric_activations=performance_only,
             allow_transpose_a=itex_mode,

@@ -35,6 +35,17 @@ def format_summary(report: dict) -> str:
         low = report["lowered"]
         lines.append(f"lowered to int8 kernels: {low['count']} MatMul -> {low['kernel']}"
                      f" ({low['weight_granularity']} weight scales)")
+    split = [q for q in report["quantized"] if q.get("outlier_channels")]
+    if split:
+        n = sum(len(q["outlier_channels"]) for q in split)
+        lines.append(f"outlier channels kept in fp32: {n} channels in {len(split)} ops (side MatMuls; rest int8)")
+    if report.get("smoothing"):
+        lines.append(f"SmoothQuant: {len(report['smoothing'])} activations smoothed (alpha {report['policy']['smooth_alpha']})")
+    fb = report.get("fallback")
+    if fb:
+        kl = fb["kl_history"]
+        lines.append(f"measured fallback: {len(fb['ops'])} ops kept in fp32, KL {kl[0]['kl']:.4f} -> {kl[-1]['kl']:.4f}"
+                     f" (budget {fb['budget_kl']})")
     reasons = Counter((s["op_type"], s["reason"]) for s in report["skipped"])
     if reasons:
         lines.append("skipped:")

@@ -15,10 +15,8 @@ class ConcatV2Quantizer:
         skip = lambda why: Skip(node.name, self.op_type, why)  # noqa: E731
         if not is_float(node):
             return None  # int32 shape arithmetic: not a quantization candidate at all
-        if not policy.quantize_concat:
-            return skip("itex_mode: ConcatV2 gets no QDQ")
-        if policy.output_format == "int8":
-            return skip("int8 format: no int8 kernel consumes a ConcatV2 on stock TF, QDQ would only add error")
+        if policy.concat_skip_reason:
+            return skip(policy.concat_skip_reason)
         users = {u.op for u in graph.consumers().get(node.name, [])}
         if users & {"Cos", "Sin"}:
             # Rotary position angles (position x inv_freq), not activations: quantizing them clips every
