@@ -173,3 +173,12 @@ def test_report_lists_ranges_and_timings(int8_default):
     assert report["ranges"] and all(r["max"] > r["min"] for r in report["ranges"].values())
     assert set(report["timings_s"]) == {"extract", "calibrate", "rewrite", "save"}
     assert report["op_histogram"]["before"]["MatMul"] == 13
+
+
+def test_performance_only_lowered_model_runs_and_agrees(convert, tiny_gptj, random_batch):
+    """performance_only's signed SCALED qint8 activations are re-expressed as quint8 MIN_FIRST for the kernel."""
+    out, report = convert("perf_int8", performance_only=True)
+    assert report["lowered"]["count"] == 13
+    ref = run_logits(tiny_gptj, random_batch)
+    got = run_logits(os.path.join(out, "model"), random_batch)
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9

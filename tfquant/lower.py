@@ -98,7 +98,9 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
         quant = activation_requant.get((a_q.name, a_mode))
         if quant is None:
             quant = graph.unique_name(f"{a_q.name}_mkl")
-            attrs = {"T": DType("quint8"), "mode": a_mode, "round_mode": a_q.attr["round_mode"].s.decode(),
+            # HALF_TO_EVEN is only valid with SCALED (QuantizeV2 rejects it for MIN_FIRST).
+            round_mode = "HALF_TO_EVEN" if a_mode == "SCALED" else "HALF_AWAY_FROM_ZERO"
+            attrs = {"T": DType("quint8"), "mode": a_mode, "round_mode": round_mode,
                      "narrow_range": False, "axis": -1, "ensure_minimum_range": 0.01, "_kernel": MKL_LABEL}
             graph.add(make_node("_MklQuantizeV2", quant, [a_q.input[0], a_q.input[1], a_q.input[2]], attrs))
             activation_requant[(a_q.name, a_mode)] = quant
