@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from .errors import UserError, run_cli
+from .fsutil import cache_root, sha256_file
 
 SCHEMA = "tfquant.benchmark/1"
 DEFAULT_OUTPUT = "benchmark_results.json"
@@ -334,23 +335,14 @@ _APPLIED_ENV: Dict[str, str] = {}  # what this process set, for the report
 # ----------------------------------------------------------------------------- fp32 result cache
 
 def cache_dir() -> str:
-    root = os.environ.get("TFQUANT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tfquant")
-    return os.path.join(root, "bench")
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return os.path.join(cache_root(), "bench")
 
 
 def model_fingerprint(model_dir: str) -> str:
     """sha256 of ``saved_model.pb`` + sha256 of ``variables/variables.index`` (which checksums the shards)."""
-    parts = [_sha256_file(os.path.join(model_dir, "saved_model.pb"))]
+    parts = [sha256_file(os.path.join(model_dir, "saved_model.pb"))]
     index = os.path.join(model_dir, "variables", "variables.index")
-    parts.append(_sha256_file(index) if os.path.isfile(index) else "no-variables")
+    parts.append(sha256_file(index) if os.path.isfile(index) else "no-variables")
     return hashlib.sha256("+".join(parts).encode()).hexdigest()
 
 

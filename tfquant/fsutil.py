@@ -48,3 +48,18 @@ def dir_size_bytes(path: str) -> int:
         for name in files:
             total += os.path.getsize(os.path.join(root, name))
     return total
+
+
+def sha256_file(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_root() -> str:
+    """Where tfquant caches prepared models and benchmark results (TFQUANT_CACHE overrides)."""
+    return os.environ.get("TFQUANT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tfquant")

@@ -13,16 +13,16 @@ import sys
 from .errors import UserError, run_cli
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-CACHE_DIR = os.environ.get("TFQUANT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "tfquant"))
+from .fsutil import cache_root
 
 
 def default_model_dir() -> str:
     """Export the embedded default model once; later runs reuse the cached SavedModel."""
     from .models import prepare_from_config
 
-    target = os.path.join(CACHE_DIR, "gptj-tiny")
+    target = os.path.join(cache_root(), "gptj-tiny")
     if not os.path.isfile(os.path.join(target, "saved_model.pb")):
-        os.makedirs(CACHE_DIR, exist_ok=True)
+        os.makedirs(cache_root(), exist_ok=True)
         print(f"preparing the embedded default model (tiny random GPT-J) in {target}", file=sys.stderr)
         prepare_from_config(os.path.join(REPO_CONFIGS, "gptj-tiny.yaml"), target, overwrite=True)
     return target

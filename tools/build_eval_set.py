@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import subprocess
@@ -30,6 +29,7 @@ if REPO_ROOT not in sys.path:  # runnable as a script from a checkout
     sys.path.insert(0, REPO_ROOT)
 
 from tfquant import evalset  # noqa: E402
+from tfquant.fsutil import sha256_file  # noqa: E402
 from tfquant.errors import UserError, run_cli  # noqa: E402
 
 PACKAGE = "r-cran-janeaustenr"
@@ -77,14 +77,6 @@ def find_database(tree: str) -> tuple[str, str]:
     if not os.path.isfile(rdb):
         raise UserError(f"{rdx} has no matching .rdb")
     return rdx, rdb
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def describe_source(deb: str | None, tree: str) -> dict:
