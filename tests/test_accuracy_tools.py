@@ -147,6 +147,10 @@ def test_smoothing_alone_leaves_the_fp32_output_unchanged(tiny_gptj, random_batc
 def test_smoothquant_conversion_runs_and_agrees(convert, tiny_gptj, random_batch):
     out, report = convert("smooth", smooth_alpha=0.5)
     assert len(report["smoothing"]) == 7
+    # the smoothed weights (s * W) are still weights: every MatMul is quantized and lowered to int8
+    assert sum(q["op_type"] == "MatMul" for q in report["quantized"]) == 13
+    assert report["lowered"]["count"] == 13
+    assert report["size_bytes"]["output"] < 0.35 * report["size_bytes"]["input"]
     ref = run_logits(tiny_gptj, random_batch)
     got = run_logits(os.path.join(out, "model"), random_batch)
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9

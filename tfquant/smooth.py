@@ -19,8 +19,7 @@ import numpy as np
 
 from .calibrate import TensorRange, is_float
 from .graph import DType, Graph, canonical, make_const, make_node, parse_input
-
-WEIGHT_PRODUCERS = ("ReadVariableOp", "Const")
+from .quantizers.matmul import is_weight
 
 
 def smoothing_groups(graph: Graph, policy) -> Dict[str, List]:
@@ -29,7 +28,7 @@ def smoothing_groups(graph: Graph, policy) -> Dict[str, List]:
     for mm in graph.by_op("MatMul"):
         if not is_float(mm) or policy.is_excluded(mm.name) or mm.attr["transpose_a"].b or mm.attr["transpose_b"].b:
             continue
-        if graph.node(graph.skip_identity(mm.input[1])).op not in WEIGHT_PRODUCERS:
+        if not is_weight(graph, graph.skip_identity(mm.input[1])):
             continue
         groups.setdefault(canonical(mm.input[0]), []).append(mm)
     return dict(sorted(groups.items()))

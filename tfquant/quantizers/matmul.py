@@ -11,6 +11,17 @@ from . import ActivationQ, Plan, Skip, WeightQ, register
 WEIGHT_PRODUCERS = ("ReadVariableOp", "Const")
 
 
+def is_weight(graph, tensor: str) -> bool:
+    """A variable read or constant, possibly scaled by a constant (SmoothQuant's s * W, the outlier
+    mask): anything ``ExtractedModel.weight_value`` can evaluate without running the model."""
+    node = graph.node(parse_input(tensor)[0])
+    if node.op in WEIGHT_PRODUCERS:
+        return True
+    if node.op == "Mul":
+        return all(is_weight(graph, i) for i in node.input[:2])
+    return False
+
+
 @register
 class MatMulQuantizer:
     op_type = "MatMul"
@@ -24,7 +35,7 @@ class MatMulQuantizer:
         if node.attr["transpose_a"].b and not policy.allow_transpose_a:
             return skip("transpose_a=True is only quantized in itex_mode")
         weight = graph.skip_identity(node.input[1])
-        if graph.node(parse_input(weight)[0]).op not in WEIGHT_PRODUCERS:
+        if not is_weight(graph, weight):
             return skip("input 1 is not a weight (variable or constant)")
         if node.attr["transpose_b"].b:
             return skip("transpose_b=True weights are not supported yet")
