@@ -32,15 +32,21 @@ MKL_LABEL = "QuantizedMklOp"  # kernel label of oneDNN's native-format quantized
 KERNEL = "_MklQuantizedMatMulWithBiasAndDequantize"
 
 
+def _add_variable(graph: Graph, captures: Dict[str, object], handle_name: str, value: np.ndarray) -> str:
+    """A new variable holding ``value``, bound to a new Placeholder(resource); returns the placeholder name."""
+    import tensorflow as tf
+
+    handle = graph.add(make_node("Placeholder", handle_name, attrs={"dtype": DType("resource")}))
+    handle.attr["shape"].shape.CopyFrom(tf.TensorShape([]).as_proto())
+    captures[handle_name] = tf.Variable(value, trainable=False, name=handle_name.replace("/", "_"))
+    return handle_name
+
+
 def _new_int8_variable(graph: Graph, captures: Dict[str, object], base: str, value: np.ndarray, dtype: str,
                        read_as: str = None) -> str:
     """Add Placeholder(resource) -> ReadVariableOp [-> Bitcast] for a new variable; returns the read tensor."""
-    import tensorflow as tf
-
-    handle = graph.add(make_node("Placeholder", f"{base}/handle", attrs={"dtype": DType("resource")}))
-    handle.attr["shape"].shape.CopyFrom(tf.TensorShape([]).as_proto())
-    read = graph.add(make_node("ReadVariableOp", f"{base}/read", [handle.name], {"dtype": DType(dtype)}))
-    captures[handle.name] = tf.Variable(value, trainable=False, name=base.replace("/", "_"))
+    handle = _add_variable(graph, captures, f"{base}/handle", value)
+    read = graph.add(make_node("ReadVariableOp", f"{base}/read", [handle], {"dtype": DType(dtype)}))
     if read_as is None:
         return read.name
     cast = graph.add(make_node("Bitcast", f"{base}/{read_as}", [read.name], {"T": DType(dtype), "type": DType(read_as)}))
@@ -180,13 +186,8 @@ def lower_embeddings(graph: Graph, captures: Dict[str, object]) -> dict:
         row_max = np.maximum(np.abs(table).max(axis=1), 1e-8).astype(np.float32)
         q = np.clip(np.round(table * (127.0 / row_max)[:, None]), -127, 127).astype(np.int8)
         base = f"{node.name}_int8"
-        import tensorflow as tf
-
         def var_handle(suffix, value):
-            h = graph.add(make_node("Placeholder", f"{base}/{suffix}", attrs={"dtype": DType("resource")}))
-            h.attr["shape"].shape.CopyFrom(tf.TensorShape([]).as_proto())
-            captures[h.name] = tf.Variable(value, trainable=False, name=f"{base}_{suffix}".replace("/", "_"))
-            return h.name
+            return _add_variable(graph, captures, f"{base}/{suffix}", value)
 
         ids = node.input[1]
         rows = graph.add(make_node("ResourceGather", f"{base}/rows", [var_handle("table", q), ids],
@@ -212,7 +213,7 @@ def _drop_dead_weight_controls(graph: Graph, replaced: set) -> None:
     consumers = graph.consumers()
     dead = []
     for name in replaced:
-        data_users = [u for u in consumers.get(name, []) if any(parse_input(i) [0] == name and not i.startswith("^") for i in u.input)]
+        data_users = [u for u in consumers.get(name, []) if any(parse_input(i)[0] == name and not i.startswith("^") for i in u.input)]
         if not data_users:
             dead.append(name)
     graph.drop_control_inputs_from(dead)
