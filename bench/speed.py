@@ -78,6 +78,7 @@ def main():
     import numpy as np
     import tensorflow as tf
 
+    from tfquant.machine import describe
     from tfquant.data import default_calibration_text_path, gpt2_tokenizer, read_text, token_windows
 
     notes = {}
@@ -117,7 +118,7 @@ def main():
         results["models"][n]["size_ratio"] = round(results["models"][n]["size_bytes"] / base_size, 3)
     results.update({
         "config": os.path.relpath(args.config, ROOT), "iters": args.iters, "warmup": args.warmup, "notes": notes,
-        "machine": {"cpus": os.cpu_count(), "tf": tf.__version__, "python": platform.python_version(),
+        "machine": {**describe(), "cpus": os.cpu_count(), "tf": tf.__version__, "python": platform.python_version(),
                     "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)")},
         "date": time.strftime("%Y-%m-%d"),
     })

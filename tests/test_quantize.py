@@ -97,6 +97,40 @@ def test_float_concat_follows_flags(qdq_default, qdq_performance, qdq_itex):
     assert any("itex_mode" in s["reason"] for s in qdq_itex[1]["skipped"])
 
 
+def test_itex_mode_writes_weights_as_fp32_consts_itex_can_fuse(qdq_itex, qdq_default, tiny_gptj, random_batch):
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.python.framework import tensor_util
+
+    out, report = qdq_itex
+    _, nodes = converted(out)
+    assert report["weights_as_const"]["enabled"] is True
+    for mm in (n for n in nodes.values() if n.op == "MatMul" and not n.name.endswith("outlier_channels/matmul")):
+        w_deq = nodes[mm.input[1]]
+        w_q = nodes[w_deq.input[0]]
+        assert (w_deq.op, w_q.op) == ("Dequantize", "QuantizeV2") and w_q.attr["T"].type == types_pb2.DT_QINT8
+        w_const = nodes[w_q.input[0]]
+        assert w_const.op == "Const" and w_const.attr["dtype"].type == types_pb2.DT_FLOAT, mm.name
+        assert tensor_util.MakeNdarray(w_const.attr["value"].tensor).ndim == 2
+    # the variable reads those weights came from (in the default graph) are gone; the output still matches fp32
+    _, default_nodes = converted(qdq_default[0])
+    weight_reads = {n.name for n in default_nodes.values() if n.op == "ReadVariableOp"
+                    and any(c.op == "EnsureShape" and c.input[0] == n.name for c in default_nodes.values())}
+    assert len(weight_reads) == 13 and not weight_reads & set(nodes)
+    ref, got = run_logits(tiny_gptj, random_batch), run_logits(os.path.join(out, "model"), random_batch)
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_const_weight_plan_refuses_graphs_over_the_protobuf_cap():
+    from tfquant.quantizers import Plan, WeightQ
+    from tfquant.rewrite import CONST_WEIGHT_BUDGET_BYTES, _const_weight_plan
+
+    rows = CONST_WEIGHT_BUDGET_BYTES // (4 * 1024) + 1
+    big = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(rows, 1024), strides=(0, 0))  # no memory
+    plan = Plan(op="mm", op_type="MatMul", activations=[], weight=WeightQ(1, "w", True))
+    verdict = _const_weight_plan([plan], lambda tensor: big)
+    assert verdict["enabled"] is False and "2 GB" in verdict["reason"]
+    assert _const_weight_plan([plan], lambda tensor: big[:10])["enabled"] is True
+
 def test_weights_stay_variables_and_output_has_variables(qdq_default, int8_default):
     gd, nodes = load_graph(os.path.join(qdq_default[0], "extracted_graph_def.pb"))
     big_consts = [n.name for n in gd.node if n.op == "Const" and len(n.attr["value"].tensor.tensor_content) > 4096]

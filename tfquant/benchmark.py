@@ -841,15 +841,8 @@ def _environment(applied_env: Dict[str, str]) -> dict:
     import numpy
     import tensorflow as tf
 
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from .machine import describe
+
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -864,7 +857,7 @@ def _environment(applied_env: Dict[str, str]) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tensorflow": tf.__version__, "numpy": numpy.__version__, "transformers": tv,
         "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_model": cpu_model, "cpu_count": os.cpu_count(), "cpus_usable": usable,
+        **describe(), "cpu_count": os.cpu_count(), "cpus_usable": usable,
         "itex_installed": importlib.util.find_spec("intel_extension_for_tensorflow") is not None,
         "env": {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "ITEX_TF_CONSTANT_FOLDING", "OMP_NUM_THREADS",
                                            "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS") if k in os.environ},

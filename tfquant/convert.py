@@ -108,7 +108,7 @@ def prepare_qdq(src: str, policy: Optional[QuantPolicy] = None, *, calib_text: O
     fallback = set(fallback_ops)
     decisions = [Skip(d.op, d.op_type, "kept in fp32 by measured fallback (sensitivity)") if d.op in fallback else d
                  for d in decisions]
-    result = insert_qdq(graph, decisions, weight_values)
+    result = insert_qdq(graph, decisions, weight_values, weights_as_const=policy.weights_as_const)
     return Prepared(model, policy, graph, before, ranges, result, smoothing, batches, timings)
 
 
@@ -177,6 +177,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
         "quantized": result.quantized,
         "skipped": result.skipped,
         "shared_quantize_nodes": result.shared_quantize_nodes,
+        "weights_as_const": result.weights_as_const or None,
         "fallback": fallback,
         "smoothing": prep.smoothing,
         "lowered": lowered,

@@ -31,6 +31,9 @@ class QuantPolicy:
     outlier_threshold: float = 6.0          # > 0: channels above threshold x median |x| run in fp32 (a fallback)
     max_outlier_fraction: float = 0.01      # at most this share of a MatMul's input channels
     smooth_alpha: float = 0.0               # > 0: SmoothQuant migration strength (tfquant/smooth.py)
+    # itex_mode: ITEX fuses Const(fp32) -> QuantizeV2 -> Dequantize -> MatMul, not a variable read, so weights
+    # are written into the GraphDef as fp32 Consts -- while they fit (protobuf caps a GraphDef at 2 GB).
+    weights_as_const: bool = False
 
     @classmethod
     def from_flags(cls, itex_mode: bool = False, performance_only: bool = False, output_format: str = None,
@@ -74,6 +77,7 @@ class QuantPolicy:
             # performance_only means no fallback of any kind, partial (outlier channels) included
             outlier_threshold=0.0 if performance_only else float(outlier_threshold),
             smooth_alpha=float(smooth_alpha),
+            weights_as_const=itex_mode,
         )
 
     def activation_mode(self) -> str:

@@ -17,11 +17,16 @@ from .qparams import weight_scale_range
 from .quantizers import QUANTIZERS, ActivationQ, Plan, Skip, WeightQ
 
 
+# fp32 weights written as Consts (itex_mode) must leave room for the rest of the graph under protobuf's 2 GB cap.
+CONST_WEIGHT_BUDGET_BYTES = 1536 * 1024 * 1024
+
+
 @dataclass
 class RewriteResult:
     quantized: List[dict] = field(default_factory=list)
     skipped: List[dict] = field(default_factory=list)
     shared_quantize_nodes: int = 0
+    weights_as_const: dict = field(default_factory=dict)  # {"enabled", "bytes", "reason"} when asked for
 
 
 def plan_all(graph: Graph, policy, ranges) -> List[object]:
@@ -57,9 +62,10 @@ def _dequantize_attrs(dtype: str, mode: str, axis: int = -1) -> dict:
 
 
 class QDQInserter:
-    def __init__(self, graph: Graph, weight_values: Callable[[str], np.ndarray]):
+    def __init__(self, graph: Graph, weight_values: Callable[[str], np.ndarray], weights_as_const: bool = False):
         self.graph = graph
         self.weight_values = weight_values
+        self.weights_as_const = weights_as_const
         self._act_quantize: Dict[tuple, str] = {}
         self._weight_dequantize: Dict[tuple, str] = {}
         self.shared = 0
@@ -91,7 +97,11 @@ class QDQInserter:
         mx = self.graph.add(make_const(names.weight_max(w_node), hi))
         quant = names.weight_quantize(w_node)
         source = q.tensor
-        if q.per_channel:
+        if self.weights_as_const:
+            # The fp32 value itself (outlier rows already masked): what ITEX's QDQ fusion pattern starts from.
+            value = np.asarray(self.weight_values(q.tensor), np.float32)
+            source = self.graph.add(make_const(f"{quant}/fp32_weight", value)).name
+        elif q.per_channel:
             # A variable read has no static shape in an imported GraphDef, and QuantizeV2/Dequantize
             # with axis=1 need a known rank: state the shape.
             shape = self.weight_values(q.tensor).shape
@@ -138,9 +148,26 @@ def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     return WeightQ(plan.weight.input_index, f"{prefix}/masked_weight", plan.weight.per_channel)
 
 
-def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarray]) -> RewriteResult:
+def _const_weight_plan(decisions, weight_values) -> dict:
+    """Whether every quantized weight fits into the GraphDef as an fp32 Const (itex_mode)."""
+    total = 0
+    for d in decisions:
+        if not isinstance(d, Skip) and d.weight is not None:
+            total += int(np.asarray(weight_values(d.weight.tensor)).size) * 4
+    if total > CONST_WEIGHT_BUDGET_BYTES:
+        return {"enabled": False, "bytes": total,
+                "reason": f"{total / 2**30:.2f} GiB of fp32 weights cannot be GraphDef Consts (2 GB protobuf cap); "
+                          "weights stay variables, which ITEX reads but may not fuse"}
+    return {"enabled": True, "bytes": total, "reason": "itex_mode: fp32 Const -> QuantizeV2 -> Dequantize, as ITEX fuses"}
+
+
+def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarray],
+               weights_as_const: bool = False) -> RewriteResult:
     result = RewriteResult()
-    inserter = QDQInserter(graph, weight_values)
+    if weights_as_const:
+        result.weights_as_const = _const_weight_plan(decisions, weight_values)
+        weights_as_const = result.weights_as_const["enabled"]
+    inserter = QDQInserter(graph, weight_values, weights_as_const)
     for d in decisions:
         if isinstance(d, Skip):
             result.skipped.append(asdict(d))
