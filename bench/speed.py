@@ -6,6 +6,7 @@ models are timed round-robin (each iteration runs every model once) at batch 1 x
 tokens, so the ratios come from the same minutes of a noisy machine.
 
     .venv/bin/python bench/speed.py [--config configs/gptj-1024.yaml] [--seq_lens 128 512] [--iters 20] [--inc]
+    ITEX_PY bench/speed.py --itex      (a Python with intel-extension-for-tensorflow[cpu]: fp32 vs itex_mode under ITEX)
 """
 import argparse
 import json
@@ -55,7 +56,18 @@ def main():
     p.add_argument("--extra", nargs="*", default=[], help="extra tfquant.quantize flags for a second tfquant row")
     p.add_argument("--output", default=os.path.join(ROOT, "bench", "results", "speed.json"))
     p.add_argument("--workdir", help="reuse models from here (default: a new temp folder)")
+    p.add_argument("--itex", action="store_true",
+                   help="time under Intel Extension for TensorFlow (must be installed): fp32 vs an itex_mode QDQ model "
+                        "(and the default int8 model), with ITEX_TF_CONSTANT_FOLDING=0 as ITEX's QDQ fusion needs")
     args = p.parse_args()
+    if args.itex:
+        import importlib.util
+
+        if importlib.util.find_spec("intel_extension_for_tensorflow") is None:
+            sys.exit("error: --itex needs intel-extension-for-tensorflow[cpu] installed in this Python")
+        os.environ["ITEX_TF_CONSTANT_FOLDING"] = "0"  # before TensorFlow (and ITEX) is imported
+        if "--itex_mode" not in args.extra:
+            args.extra = ["--itex_mode", *args.extra]
     work = args.workdir or tempfile.mkdtemp(prefix="tfquant-speed-")
     os.makedirs(work, exist_ok=True)
     py = sys.executable
@@ -102,7 +114,7 @@ def main():
         for _ in range(args.iters):  # round robin: every model sees the same machine state
             for n, fn in fns.items():
                 t = time.perf_counter()
-                fn(input_ids=ids, attention_mask=mask)["logits"].numpy()
+                next(iter(fn(input_ids=ids, attention_mask=mask).values())).numpy()  # INC names it 'Identity'
                 times[n].append((time.perf_counter() - t) * 1000)
         row = {}
         for n, ts in times.items():
@@ -119,7 +131,8 @@ def main():
     results.update({
         "config": os.path.relpath(args.config, ROOT), "iters": args.iters, "warmup": args.warmup, "notes": notes,
         "machine": {**describe(), "cpus": os.cpu_count(), "tf": tf.__version__, "python": platform.python_version(),
-                    "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)")},
+                    "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),
+                    "itex": _itex_version(), "ITEX_TF_CONSTANT_FOLDING": os.environ.get("ITEX_TF_CONSTANT_FOLDING")},
         "date": time.strftime("%Y-%m-%d"),
     })
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
@@ -127,6 +140,15 @@ def main():
         json.dump(results, fh, indent=2)
         fh.write("\n")
     print(format_table(results))
+
+
+def _itex_version():
+    try:
+        import intel_extension_for_tensorflow as itex
+
+        return itex.__version__
+    except ImportError:
+        return None
 
 
 def format_table(results):

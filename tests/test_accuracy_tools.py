@@ -98,11 +98,69 @@ def test_outlier_split_graph_and_accuracy(convert, tiny_gptj, random_batch):
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
+def test_token_spread_known_answer():
+    obs = Observer("minmax", per_channel=True)
+    x = np.full((1, 9, 4), 0.5, np.float32)  # batch 1, 9 tokens, 4 channels: every token's max|x| is 0.5
+    x[0, 0, 2] = -40.0                        # the first token carries a massive activation
+    obs.observe(x)
+    assert obs.range().token_spread == pytest.approx(80.0)
+    obs.observe(np.full((1, 9, 4), 0.5, np.float32))  # a calmer batch does not lower the maximum
+    assert obs.range().token_spread == pytest.approx(80.0)
+    assert obs.range().to_json()["token_spread"] == 80.0
+    plain = Observer("minmax")  # per-tensor observers keep no token statistics
+    plain.observe(x)
+    assert plain.range().token_spread is None
+
+
+def _nodes(out):
+    from tfquant.graphio import read_graph_def
+
+    return {n.name: n for n in read_graph_def(os.path.join(out, "converted_graph_def.pb")).node}
+
+
+def test_per_token_scaling_graph_and_accuracy(convert, tiny_gptj, random_batch):
+    """Threshold 1 puts every MatMul input with any token spread on per-token scales: rows divided by their
+    own max|x| before the int8 kernel, output rows multiplied back -- the model still computes its function."""
+    out, report = convert("per_token", token_outlier_threshold=1.0, outlier_threshold=0.0)
+    per_token = [q for q in report["quantized"] if q["per_token"]]
+    assert len(per_token) == 13
+    nodes = _nodes(out)
+    for q in per_token:
+        prefix = f"{q['op']}_per_token_scale"
+        assert q["activations"][0]["min"] == -1.0 and q["activations"][0]["max"] == 1.0
+        assert nodes[f"{prefix}/normalized"].op == "RealDiv" and nodes[f"{prefix}/rescaled"].op == "Mul"
+        assert any(n.op == "_MklQuantizeV2" and n.input[0] == f"{prefix}/normalized" for n in nodes.values())
+    ref = run_logits(tiny_gptj, random_batch)
+    got = run_logits(os.path.join(out, "model"), random_batch)
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_fused_matmuls_match_separate_kernels(convert, tiny_gptj, random_batch):
+    """--fuse_matmuls: q, k, v and fc_in (one shared quantized input) become one int8 kernel and a SplitV,
+    and compute what the four kernels computed."""
+    out, report = convert("fused", fuse_matmuls=True)
+    fused = [q for q in report["quantized"] if q["fused_from"]]
+    assert len(fused) == 2 and all(len(q["fused_from"]) == 4 for q in fused)  # one per layer
+    assert report["lowered"]["count"] == 13 - 2 * 3
+    nodes = _nodes(out)
+    assert sum(n.op == "SplitV" for n in nodes.values()) == 2
+    separate, _ = convert("not_fused")
+    a = run_logits(os.path.join(separate, "model"), random_batch)
+    b = run_logits(os.path.join(out, "model"), random_batch)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-3 * np.abs(a).max())
+
+
 def test_performance_only_disables_outlier_fallback():
     from tfquant.policy import QuantPolicy
 
     assert QuantPolicy.from_flags(performance_only=True, outlier_threshold=16).outlier_threshold == 0.0
+    assert QuantPolicy.from_flags(performance_only=True).token_outlier_threshold == 0.0
     assert QuantPolicy.from_flags(outlier_threshold=16).outlier_threshold == 16.0
+    with pytest.raises(UserError, match="max_outlier_fraction"):
+        QuantPolicy.from_flags(max_outlier_fraction=0.0)
+    with pytest.raises(UserError, match="token_outlier_threshold"):
+        QuantPolicy.from_flags(token_outlier_threshold=-1.0)
 
 
 def test_per_channel_and_per_tensor_lowering_agree_with_fp32(convert, tiny_gptj, random_batch):

@@ -55,7 +55,12 @@ MB = float(2 ** 20)
 PROBE_MARKER = "TFQUANT_PROBE_RESULT "
 CACHE_VERSION = 1
 INC_CALIB_SAMPLES, INC_CALIB_SEQ_LEN = 16, 128  # the same windows tfquant.quantize calibrates on by default
-INC_ROW_NAME = "INC int8"
+# --compare values: INC's default static int8, and INC with its SmoothQuant pass first (alpha 0.5, INC's default).
+INC_VARIANTS = {
+    "inc": {"row": "INC int8", "kind": "INC 3.x StaticQuantConfig() int8", "smooth_alpha": None},
+    "inc-smoothquant": {"row": "INC int8 + SmoothQuant", "smooth_alpha": 0.5,
+                        "kind": "INC 3.x [SmoothQuantConfig(alpha=0.5), StaticQuantConfig()] int8"},
+}
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 
 
@@ -709,10 +714,10 @@ class _IncCalibLoader:
             yield {"input_ids": w, "attention_mask": np.ones_like(w)}, None
 
 
-def inc_quantize(src: str, dst: str, seq_len: int) -> dict:
+def inc_quantize(src: str, dst: str, seq_len: int, variant: str = "inc") -> dict:
     """Hidden ``--_inc_quantize``: INC 3.x static int8 of ``src`` into the SavedModel folder ``dst``."""
     try:
-        from neural_compressor.tensorflow import StaticQuantConfig, quantize_model
+        from neural_compressor.tensorflow import SmoothQuantConfig, StaticQuantConfig, quantize_model
     except ImportError:
         raise UserError("--compare inc needs neural-compressor: pip install .[inc]") from None
     from .convert import tokenizer_for_model
@@ -720,22 +725,25 @@ def inc_quantize(src: str, dst: str, seq_len: int) -> dict:
 
     windows = token_windows(read_text(default_calibration_text_path()), tokenizer_for_model(src),
                             INC_CALIB_SAMPLES, seq_len)
+    alpha = INC_VARIANTS[variant]["smooth_alpha"]
+    configs = ([SmoothQuantConfig(alpha=alpha)] if alpha is not None else []) + [StaticQuantConfig()]
     t0 = time.perf_counter()
-    q_model = quantize_model(src, StaticQuantConfig(), calib_dataloader=_IncCalibLoader(windows),
+    q_model = quantize_model(src, configs if len(configs) > 1 else configs[0], calib_dataloader=_IncCalibLoader(windows),
                              calib_iteration=len(windows))
     q_model.save(dst)
     return {"seconds": time.perf_counter() - t0, "calib_samples": len(windows), "calib_seq_len": seq_len,
             "peak_rss_mb": _status_mb("VmHWM")}
 
 
-def run_inc_peer(fp32: ModelSpec, workdir: str, taken: set, quiet: bool) -> ModelSpec:
+def run_inc_peer(fp32: ModelSpec, workdir: str, taken: set, quiet: bool, variant: str = "inc") -> ModelSpec:
     if importlib.util.find_spec("neural_compressor") is None:
-        raise UserError("--compare inc needs neural-compressor: pip install .[inc]")
-    dst = os.path.join(workdir, "inc_int8")
-    log_path = os.path.join(tempfile.gettempdir(), f"tfquant-bench-inc-{os.getpid()}.log")
+        raise UserError(f"--compare {variant} needs neural-compressor: pip install .[inc]")
+    dst = os.path.join(workdir, variant)
+    log_path = os.path.join(tempfile.gettempdir(), f"tfquant-bench-{variant}-{os.getpid()}.log")
     seq_len = min(INC_CALIB_SEQ_LEN, fp32.max_positions or INC_CALIB_SEQ_LEN)
-    cmd = [sys.executable, "-m", "tfquant.benchmark", "--_inc_quantize", fp32.path, dst, "--seq_len", str(seq_len)]
-    _log(f"quantizing {fp32.name} with Intel Neural Compressor (log: {log_path}) ...", quiet)
+    cmd = [sys.executable, "-m", "tfquant.benchmark", "--_inc_quantize", fp32.path, dst, "--seq_len", str(seq_len),
+           "--compare", variant]
+    _log(f"quantizing {fp32.name} with Intel Neural Compressor, {variant} (log: {log_path}) ...", quiet)
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_subprocess_env())
     with open(log_path, encoding="utf-8", errors="replace") as fh:
@@ -751,10 +759,10 @@ def run_inc_peer(fp32: ModelSpec, workdir: str, taken: set, quiet: bool) -> Mode
             raise UserError(last[len("error: "):])
         raise RuntimeError(f"INC quantization failed (exit {proc.returncode}): {last[:300]} (full log: {log_path})")
     os.remove(log_path)
-    spec = make_spec(dst, "--compare inc", "peer", INC_ROW_NAME, taken)
+    spec = make_spec(dst, f"--compare {variant}", "peer", INC_VARIANTS[variant]["row"], taken)
     spec.tokenizer_dir = fp32.tokenizer_dir
     spec.max_positions, spec.max_positions_source = fp32.max_positions, fp32.max_positions_source
-    spec.kind = "INC 3.x StaticQuantConfig() int8"
+    spec.kind = INC_VARIANTS[variant]["kind"]
     spec.extra["inc"] = result
     return spec
 
@@ -785,7 +793,8 @@ def parse_args(argv=None):
     p.add_argument("--no_memory", action="store_true", help="skip the per-model peak RSS subprocesses")
     p.add_argument("--no_cache", action="store_true", help="neither read nor write the fp32 result cache")
     p.add_argument("--compare", action="append", default=[],
-                   help="'inc': also quantize the fp32 model with Intel Neural Compressor 3.x and add it as a row")
+                   help="'inc': also quantize the fp32 model with Intel Neural Compressor 3.x (StaticQuantConfig) and add it "
+                        "as a row; 'inc-smoothquant': the same after INC's SmoothQuant (alpha 0.5); repeatable")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"greedy generation prompt (default {DEFAULT_PROMPT!r})")
     p.add_argument("--gen_tokens", default="16", help="new tokens of the generation sample (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
@@ -932,7 +941,8 @@ def main(argv=None) -> int:
         return 0
     if args._inc_quantize:
         seq_len = _int_arg(args.seq_len, "--seq_len", 1)
-        print(PROBE_MARKER + json.dumps(inc_quantize(*args._inc_quantize, seq_len)), flush=True)
+        variant = args.compare[0] if args.compare else "inc"
+        print(PROBE_MARKER + json.dumps(inc_quantize(*args._inc_quantize, seq_len, variant)), flush=True)
         return 0
 
     # ---- everything a user can get wrong, checked before any model runs
@@ -955,8 +965,8 @@ def main(argv=None) -> int:
     gen_tokens = _int_arg(args.gen_tokens, "--gen_tokens", 0)
     compare = sorted(set(c.strip().lower() for c in args.compare))
     for c in compare:
-        if c != "inc":
-            raise UserError(f"--compare {c!r} is not supported (supported: inc)")
+        if c not in INC_VARIANTS:
+            raise UserError(f"--compare {c!r} is not supported (supported: {', '.join(INC_VARIANTS)})")
     if gen_tokens and not args.prompt.strip():
         raise UserError("--prompt must not be empty (or pass --gen_tokens 0)")
     _check_writable_parent(args.output, "--output")
@@ -964,8 +974,8 @@ def main(argv=None) -> int:
         _check_writable_parent(args.chart, "--chart")
         if importlib.util.find_spec("matplotlib") is None:
             raise UserError("--chart needs matplotlib: pip install matplotlib (or pip install .[bench])")
-    if "inc" in compare and importlib.util.find_spec("neural_compressor") is None:
-        raise UserError("--compare inc needs neural-compressor: pip install .[inc]")
+    if compare and importlib.util.find_spec("neural_compressor") is None:
+        raise UserError(f"--compare {compare[0]} needs neural-compressor: pip install .[inc]")
 
     taken: set = set()
     fp32 = make_spec(args.input_model, "--input_model", "fp32", "fp32", taken)
@@ -987,8 +997,8 @@ def main(argv=None) -> int:
 
     workdir = tempfile.mkdtemp(prefix="tfquant-bench-")
     try:
-        if "inc" in compare:  # first: INC's peak memory is large, and its subprocess frees it when done
-            specs.append(run_inc_peer(fp32, workdir, taken, args.quiet))
+        for variant in compare:  # first: INC's peak memory is large, and its subprocess frees it when done
+            specs.append(run_inc_peer(fp32, workdir, taken, args.quiet, variant))
         return _run(args, specs, items, samples, batch_size, seq_len, warmup, iters, gen_tokens)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -32,9 +32,15 @@ class TensorRange:
     # Per last-axis channel min/max over all batches (MatMul inputs only); not written to report.json.
     channel_min: Optional[Tuple[float, ...]] = field(default=None, compare=False, repr=False)
     channel_max: Optional[Tuple[float, ...]] = field(default=None, compare=False, repr=False)
+    # Largest per-batch ratio of the top token's max|x| to the median token's (MatMul inputs only):
+    # large where a few tokens carry "massive activations" (the attention-sink token in down_proj).
+    token_spread: Optional[float] = field(default=None, compare=False)
 
     def to_json(self) -> dict:
-        return {"min": self.min, "max": self.max, "observer": self.observer}
+        out = {"min": self.min, "max": self.max, "observer": self.observer}
+        if self.token_spread is not None:
+            out["token_spread"] = round(self.token_spread, 3)
+        return out
 
 
 # ----- statistics ------------------------------------------------------------------------------
@@ -88,6 +94,7 @@ class Observer:
         self.count = 0  # values seen; 0 for tensors that are always empty
         self.per_channel = per_channel
         self.ch_min = self.ch_max = None
+        self.token_spread = None
         self.hist = Histogram(bins) if method != "minmax" else None
 
     def observe(self, x: np.ndarray) -> None:
@@ -101,6 +108,9 @@ class Observer:
             lo, hi = flat.min(axis=0), flat.max(axis=0)
             self.ch_min = lo if self.ch_min is None else np.minimum(self.ch_min, lo)
             self.ch_max = hi if self.ch_max is None else np.maximum(self.ch_max, hi)
+            token_absmax = np.abs(flat).max(axis=1)
+            spread = float(token_absmax.max() / max(float(np.median(token_absmax)), 1e-12))
+            self.token_spread = spread if self.token_spread is None else max(self.token_spread, spread)
         if self.hist is not None:
             self.hist.add(x)
 
@@ -109,7 +119,7 @@ class Observer:
         ch = {}
         if self.ch_min is not None:
             ch = {"channel_min": tuple(float(v) for v in self.ch_min),
-                  "channel_max": tuple(float(v) for v in self.ch_max)}
+                  "channel_max": tuple(float(v) for v in self.ch_max), "token_spread": self.token_spread}
         return TensorRange(lo, hi, self.method, **ch)
 
 

@@ -14,7 +14,8 @@ from .errors import UserError
 from .fsutil import atomic_output_dir, check_output_dir, dir_size_bytes
 from .graph import Graph
 from .graphio import write_graph_def
-from .policy import QuantPolicy
+from .policy import (DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_TOKEN_OUTLIER_THRESHOLD,
+                     QuantPolicy)
 from .report import write_json
 from .quantizers import Skip
 from .rewrite import insert_qdq, plan_all
@@ -94,7 +95,8 @@ def prepare_qdq(src: str, policy: Optional[QuantPolicy] = None, *, calib_text: O
     if ranges is None:
         tensors = activation_tensors(graph, include_concat=not policy.concat_skip_reason)
         runner = savedmodel.build_function(model.graph_def, model, model.captures, {t_: t_ for t_ in tensors})
-        channel_stats = matmul_inputs(graph) if (policy.outlier_threshold or policy.smooth_alpha) else ()
+        needs_channels = policy.outlier_threshold or policy.smooth_alpha or policy.token_outlier_threshold
+        channel_stats = matmul_inputs(graph) if needs_channels else ()
         ranges = calibrate(runner, batches, tensors, observer=observer, progress=progress, per_channel=channel_stats)
         del runner
         timings["calibrate"] = time.perf_counter() - t
@@ -108,6 +110,10 @@ def prepare_qdq(src: str, policy: Optional[QuantPolicy] = None, *, calib_text: O
     fallback = set(fallback_ops)
     decisions = [Skip(d.op, d.op_type, "kept in fp32 by measured fallback (sensitivity)") if d.op in fallback else d
                  for d in decisions]
+    if policy.fuse_shared_input:
+        from .fuse import fuse_shared_input_matmuls
+
+        decisions = fuse_shared_input_matmuls(graph, decisions, weight_values)
     result = insert_qdq(graph, decisions, weight_values, weights_as_const=policy.weights_as_const)
     return Prepared(model, policy, graph, before, ranges, result, smoothing, batches, timings)
 
@@ -126,7 +132,10 @@ def measured_fallback(prep: Prepared, budget_kl: float, max_ops: int, kl_samples
 
 def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_only: bool = False, *,
                       output_format: Optional[str] = None, weight_granularity: str = "per_channel", exclude: Iterable[str] = (),
-                      weight_bits: int = 7, outlier_threshold: float = 6.0, smooth_alpha: float = 0.0,
+                      weight_bits: int = 7, outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD,
+                      max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION,
+                      token_outlier_threshold: float = DEFAULT_TOKEN_OUTLIER_THRESHOLD, fuse_matmuls: bool = False,
+                      smooth_alpha: float = 0.0,
                       fallback_kl: float = 0.0,
                       fallback_max_ops: int = 16, fallback_windows: int = 2,
                       calib_text: Optional[str] = None, calib_samples: int = 16, seq_len: int = 128,
@@ -141,6 +150,8 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     policy = QuantPolicy.from_flags(itex_mode=itex_mode, performance_only=performance_only,
                                     output_format=output_format, weight_granularity=weight_granularity, exclude=exclude,
                                     weight_bits=weight_bits, outlier_threshold=outlier_threshold,
+                                    token_outlier_threshold=token_outlier_threshold,
+                                    max_outlier_fraction=max_outlier_fraction, fuse_matmuls=fuse_matmuls,
                                     smooth_alpha=smooth_alpha)
     if fallback_kl < 0 or fallback_max_ops < 0 or fallback_windows <= 0:
         raise UserError("fallback budget and op count must be >= 0 and fallback windows > 0")

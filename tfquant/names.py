@@ -40,3 +40,11 @@ def weight_dequantize(weight_node: str) -> str:
 
 def outlier_prefix(op: str) -> str:
     return f"{op}_fp32_outlier_channels"
+
+
+def per_token_prefix(op: str) -> str:
+    return f"{op}_per_token_scale"
+
+
+def fused_matmul(first_op: str) -> str:
+    return f"{first_op}_fused"

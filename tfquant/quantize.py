@@ -11,6 +11,7 @@ import os
 import sys
 
 from .errors import UserError, run_cli
+from .policy import DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_TOKEN_OUTLIER_THRESHOLD
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 from .fsutil import cache_root
@@ -46,7 +47,16 @@ def parse_args(argv=None):
                    help="bits of lowered int8 weights: 7 (default) cannot saturate on CPUs without VNNI; 8 for VNNI/AMX")
     p.add_argument("--outlier_threshold", type=float,
                    help="MatMul input channels whose calibrated |x| exceeds this x the median channel run in fp32 "
-                        "(default 6; 0 turns it off)")
+                        f"(default {DEFAULT_OUTLIER_THRESHOLD:g}; 0 turns it off)")
+    p.add_argument("--max_outlier_fraction", type=float,
+                   help="at most this share of a MatMul's input channels run in fp32 as outliers "
+                        f"(default {DEFAULT_MAX_OUTLIER_FRACTION:g})")
+    p.add_argument("--token_outlier_threshold", type=float,
+                   help="MatMul inputs whose top token's calibrated max|x| exceeds this x the median token's are "
+                        f"quantized per token (rows scaled before QuantizeV2; default {DEFAULT_TOKEN_OUTLIER_THRESHOLD:g}; "
+                        "0 turns it off)")
+    p.add_argument("--fuse_matmuls", action="store_true", default=None,
+                   help="int8 format: MatMuls that read one quantized input (q/k/v, gate/up) run as one kernel")
     p.add_argument("--smooth_alpha", type=float, help="SmoothQuant migration strength in [0, 1] (default 0 = off)")
     p.add_argument("--fallback_kl", type=float,
                    help="measured fallback: keep the most sensitive ops in fp32 until KL(fp32 || int8) of the "
@@ -63,7 +73,9 @@ def parse_args(argv=None):
 
 
 DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None, "weight_granularity": "per_channel",
-            "exclude": [], "weight_bits": 7, "outlier_threshold": 6.0, "smooth_alpha": 0.0, "observer": "mse",
+            "exclude": [], "weight_bits": 7, "outlier_threshold": DEFAULT_OUTLIER_THRESHOLD,
+            "max_outlier_fraction": DEFAULT_MAX_OUTLIER_FRACTION, "token_outlier_threshold": DEFAULT_TOKEN_OUTLIER_THRESHOLD,
+            "fuse_matmuls": False, "smooth_alpha": 0.0, "observer": "mse",
             "fallback_kl": 0.0, "fallback_max_ops": 16, "calib_text": None, "calib_samples": 16, "seq_len": 128}
 
 

@@ -39,6 +39,15 @@ def format_summary(report: dict) -> str:
     if split:
         n = sum(len(q["outlier_channels"]) for q in split)
         lines.append(f"outlier channels kept in fp32: {n} channels in {len(split)} ops (side MatMuls; rest int8)")
+    per_token = [q["op"] for q in report["quantized"] if q.get("per_token")]
+    if per_token:
+        lines.append(f"per-token activation scales: {len(per_token)} ops (token spread > "
+                     f"{report['policy']['token_outlier_threshold']:g})")
+    fused = [q for q in report["quantized"] if q.get("fused_from")]
+    if fused:
+        lines.append(f"fused: {sum(len(q['fused_from']) for q in fused)} MatMuls into {len(fused)} kernels")
+    if (report.get("weights_as_const") or {}).get("reason"):
+        lines.append(f"weights: {report['weights_as_const']['reason']}")
     if report.get("smoothing"):
         lines.append(f"SmoothQuant: {len(report['smoothing'])} activations smoothed (alpha {report['policy']['smooth_alpha']})")
     fb = report.get("fallback")

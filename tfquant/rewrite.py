@@ -6,7 +6,7 @@ parameters are created once and shared (q, k, v and fc_in of a GPT-J block read 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from typing import Callable, Dict, List
 
 import numpy as np
@@ -161,6 +161,44 @@ def _const_weight_plan(decisions, weight_values) -> dict:
     return {"enabled": True, "bytes": total, "reason": "itex_mode: fp32 Const -> QuantizeV2 -> Dequantize, as ITEX fuses"}
 
 
+def scale_per_token(graph: Graph, node, plan: Plan, weight_values) -> str:
+    """y = x @ W  ->  s = max|x_row| (outlier channels excluded);  y = (Q(x / s) @ Q(W)) * s
+
+    Per-token activation scales for the int8 kernels, which take one scalar range per input:
+    the rows are normalised to [-1, 1] before QuantizeV2 and the output rows multiplied back.
+    A handful of tokens with massive activations (SmolLM2's first token reaches 2,725 in a
+    down_proj input whose median token stays under 1.4) then no longer set every other token's
+    step size.  Any bias is added after the rescale (the Mul sits between MatMul and BiasAdd).
+    Returns the tensor to quantize in place of ``x``.
+    """
+    from .graph import canonical
+
+    op = node.name
+    prefix = names.per_token_prefix(op)
+    act = canonical(node.input[0])
+    consumers = [n for n in graph.nodes.values() if any(i in (op, op + ":0") for i in n.input)]
+    source = act
+    if plan.outlier_channels:  # they run in fp32 on the side; they must not set the row scale
+        mask = np.ones((1, np.shape(weight_values(plan.weight.tensor))[0]), np.float32)
+        mask[0, list(plan.outlier_channels)] = 0.0
+        mask_name = f"{prefix}/channel_mask"
+        graph.add(make_const(mask_name, mask))
+        source = graph.add(make_node("Mul", f"{prefix}/masked", [act, mask_name], {"T": DType("float")})).name
+    graph.add(make_node("Abs", f"{prefix}/abs", [source], {"T": DType("float")}))
+    graph.add(make_const(f"{prefix}/axis", np.int32(1)))
+    graph.add(make_node("Max", f"{prefix}/row_max", [f"{prefix}/abs", f"{prefix}/axis"],
+                        {"T": DType("float"), "Tidx": DType("int32"), "keep_dims": True}))
+    graph.add(make_const(f"{prefix}/floor", np.float32(1e-6)))
+    graph.add(make_node("Maximum", f"{prefix}/scale", [f"{prefix}/row_max", f"{prefix}/floor"], {"T": DType("float")}))
+    graph.add(make_node("RealDiv", f"{prefix}/normalized", [source, f"{prefix}/scale"], {"T": DType("float")}))
+    graph.add(make_node("Mul", f"{prefix}/rescaled", [op, f"{prefix}/scale"], {"T": DType("float")}))
+    for c in consumers:
+        for i, inp in enumerate(c.input):
+            if inp == op or inp == op + ":0":
+                c.input[i] = f"{prefix}/rescaled"
+    return f"{prefix}/normalized"
+
+
 def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarray],
                weights_as_const: bool = False) -> RewriteResult:
     result = RewriteResult()
@@ -176,7 +214,11 @@ def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarra
         weight = d.weight
         if d.outlier_channels:
             weight = split_outliers(graph, node, d, weight_values)
-        for q in d.activations:
+        activations = d.activations
+        if d.per_token:  # after the outlier split: the rescale must not touch the fp32 side MatMul's share
+            normalized = scale_per_token(graph, node, d, weight_values)
+            activations = [replace(q, tensor=normalized) if q.input_index == 0 else q for q in activations]
+        for q in activations:
             graph.rewire_input(node, q.input_index, inserter.activation(d.op, q))
         if weight is not None:
             graph.rewire_input(node, weight.input_index, inserter.weight(weight))
@@ -185,6 +227,8 @@ def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarra
             "activations": [asdict(a) for a in d.activations],
             "weight": asdict(weight) if weight else None,
             "outlier_channels": list(d.outlier_channels),
+            "per_token": d.per_token,
+            "fused_from": list(d.fused_from),
         })
     result.shared_quantize_nodes = inserter.shared
     graph.toposort()

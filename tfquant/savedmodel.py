@@ -43,6 +43,12 @@ class ExtractedModel:
             return self.weight_value(graph, node.input[0])
         if node.op == "Mul":  # a weight times a constant (outlier-channel mask, SmoothQuant scale)
             return self.weight_value(graph, node.input[0]) * self.weight_value(graph, node.input[1])
+        if node.op == "ConcatV2":  # weights of horizontally fused MatMuls (tfquant.fuse)
+            import numpy as np
+
+            n = node.attr["N"].i
+            axis = int(self.weight_value(graph, node.input[n]))
+            return np.concatenate([self.weight_value(graph, i) for i in node.input[:n]], axis=axis)
         raise ValueError(f"{tensor} is not a weight")
 
 

@@ -23,6 +23,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .errors import UserError, run_cli
+from .policy import DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_TOKEN_OUTLIER_THRESHOLD
 from .graph import DType, Graph, make_const, make_node, parse_input
 
 MASK_INPUT = "tfquant_quant_mask"
@@ -131,7 +132,11 @@ def main(argv=None) -> int:
     p.add_argument("--calib_samples", type=int, default=16)
     p.add_argument("--calib_text")
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--outlier_threshold", type=float, default=6.0, help="as in tfquant.quantize")
+    p.add_argument("--outlier_threshold", type=float, default=DEFAULT_OUTLIER_THRESHOLD, help="as in tfquant.quantize")
+    p.add_argument("--token_outlier_threshold", type=float, default=DEFAULT_TOKEN_OUTLIER_THRESHOLD, help="as in tfquant.quantize")
+    p.add_argument("--max_outlier_fraction", type=float, default=DEFAULT_MAX_OUTLIER_FRACTION, help="as in tfquant.quantize")
+    p.add_argument("--observer", choices=("minmax", "percentile", "mse", "kl"), default="mse",
+                   help="as in tfquant.quantize (default mse, its default)")
     p.add_argument("--weight_granularity", choices=("per_channel", "per_tensor"), default="per_channel")
     p.add_argument("--output", help="write the full ranking as JSON")
     p.add_argument("--quiet", action="store_true")
@@ -142,9 +147,11 @@ def main(argv=None) -> int:
     from .policy import QuantPolicy
 
     policy = QuantPolicy.from_flags(output_format="qdq", outlier_threshold=args.outlier_threshold,
+                                    token_outlier_threshold=args.token_outlier_threshold,
+                                    max_outlier_fraction=args.max_outlier_fraction,
                                     weight_granularity=args.weight_granularity)
     prep = prepare_qdq(args.input_model, policy, calib_text=args.calib_text, calib_samples=args.calib_samples,
-                       seq_len=args.seq_len, progress=not args.quiet)
+                       seq_len=args.seq_len, observer=args.observer, progress=not args.quiet)
     sw = make_switchable(prep.graph, prep.quantized_ops, prep.model, prep.model.captures, prep.batches[: args.samples])
     ranking = rank_ops(sw, progress=not args.quiet)
     full = sw.kl(np.ones(len(sw.ops), np.float32))

@@ -47,6 +47,11 @@ class Plan:
     # Input channels whose calibrated magnitude would wreck a per-tensor int8 range: they are
     # computed in fp32 by a thin side MatMul and zeroed in the int8 weight (see rewrite.py).
     outlier_channels: Tuple[int, ...] = ()
+    # Per-token activation scales: each row of the input is divided by its own max|x| before QuantizeV2
+    # (range [-1, 1]) and the MatMul output multiplied back; see rewrite.scale_per_token.
+    per_token: bool = False
+    # Set by tfquant.fuse: the MatMuls this one replaced (one op per output slice, in order).
+    fused_from: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

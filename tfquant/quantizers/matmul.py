@@ -44,6 +44,10 @@ class MatMulQuantizer:
             return skip("no calibrated range for the activation")
         rng = ranges[act]
         outliers, lo, hi = split_outlier_channels(rng, policy.outlier_threshold, policy.max_outlier_fraction)
+        per_token = bool(policy.token_outlier_threshold and rng.token_spread
+                         and rng.token_spread > policy.token_outlier_threshold)
+        if per_token:
+            lo, hi = -1.0, 1.0  # every row is divided by its own max|x|
         dtype, mode = "quint8", policy.activation_mode()
         if mode == "SCALED":
             dtype = policy.activation_dtype(rng)
@@ -54,6 +58,7 @@ class MatMulQuantizer:
             activations=[ActivationQ(0, act, dtype, mode, lo, hi)],
             weight=WeightQ(1, weight, policy.weight_per_channel),
             outlier_channels=outliers,
+            per_token=per_token,
         )
 
 
