@@ -111,8 +111,17 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
             graph.add(make_node("_MklQuantizeV2", quant, [a_q.input[0], a_q.input[1], a_q.input[2]], attrs))
             activation_requant[(a_q.name, a_mode)] = quant
 
-        # Fold the following BiasAdd (if it is the MatMul's only consumer) into the kernel.
+        # Fold the following BiasAdd into the kernel: the MatMul's only consumer, or the only consumer of a
+        # Reshape that is the MatMul's only consumer (Keras Dense on 3-D input: Tensordot's MatMul -> Reshape ->
+        # BiasAdd, as in GPT-J's fc_in/fc_out/lm_head).  A bias on the last axis is the same before and after
+        # that Reshape, which keeps the last axis (BiasAdd would fail otherwise).
         bias_add = _single_consumer(consumers, mm.name, "BiasAdd")
+        reshape = None
+        if bias_add is None:
+            reshape = _single_consumer(consumers, mm.name, "Reshape")
+            bias_add = _single_consumer(consumers, reshape.name, "BiasAdd") if reshape is not None else None
+        if bias_add is not None and bias_add.attr["data_format"].s not in (b"", b"NHWC"):
+            bias_add = None
         bias = np.zeros(w.shape[1], np.float32)
         if bias_add is not None:
             try:
@@ -127,7 +136,7 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
 
         w_node = parse_input(weight_tensor)[0]
         w_read = _new_int8_variable(graph, captures, f"{w_node}_int8", w_int8, "int8", read_as="qint8")
-        out_name = (bias_add or mm).name
+        out_name = mm.name if reshape is not None or bias_add is None else bias_add.name
         prefix = f"{mm.name}_eightbit"
         b_const = make_const(f"{prefix}_bias", bias_q)
         b_const.attr["dtype"].type = DType("qint32").enum
@@ -149,6 +158,8 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
             "is_weight_const": True, "is_bias_const": True, "_kernel": MKL_LABEL})
         graph.remove([out_name] if bias_add is None else [bias_add.name, mm.name])
         graph.add(kernel)
+        if bias_add is not None and reshape is not None:  # the bias is in the kernel; keep the name for readers
+            graph.add(make_node("Identity", bias_add.name, [reshape.name], {"T": DType("float")}))
         if per_channel:
             scale = graph.add(make_const(f"{prefix}_channel_scale", (1.0 / qw).astype(np.float32)))
             graph.add(make_node("Mul", out_name, [kernel_name, scale.name], {"T": DType("float")}))
