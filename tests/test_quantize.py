@@ -104,6 +104,10 @@ def test_itex_mode_writes_weights_as_fp32_consts_itex_can_fuse(qdq_itex, qdq_def
     out, report = qdq_itex
     _, nodes = converted(out)
     assert report["weights_as_const"]["enabled"] is True
+    # ITEX fuses Dequantize -> MatMul only with SCALED activations and without per-token rescales (measured
+    # under ITEX 2.15: MIN_FIRST, or a single per-token op, and nothing fused -- 6x slower than fp32)
+    assert report["policy"]["symmetric_activations"] is True and report["policy"]["token_outlier_threshold"] == 0
+    assert all(q["activations"][0]["mode"] == "SCALED" and not q["per_token"] for q in report["quantized"])
     for mm in (n for n in nodes.values() if n.op == "MatMul" and not n.name.endswith("outlier_channels/matmul")):
         w_deq = nodes[mm.input[1]]
         w_q = nodes[w_deq.input[0]]

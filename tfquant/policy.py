@@ -87,7 +87,9 @@ class QuantPolicy:
                 "int8 format: no int8 kernel consumes a ConcatV2 on stock TF, QDQ would only add error"
                 if output_format == "int8" else ""),
             concat_needs_nonnegative=not performance_only,
-            symmetric_activations=performance_only,
+            # ITEX fuses Dequantize -> MatMul only for SCALED activations (measured: with MIN_FIRST nothing fuses
+            # and the weight QDQ then re-runs every call, 6x slower than fp32)
+            symmetric_activations=performance_only or itex_mode,
             allow_transpose_a=itex_mode,
             allow_fallback=not performance_only,
             weight_per_channel=weight_granularity == "per_channel",
@@ -96,7 +98,9 @@ class QuantPolicy:
             exclude=tuple(exclude),
             # performance_only means no fallback of any kind, partial (outlier channels) included
             outlier_threshold=0.0 if performance_only else float(outlier_threshold),
-            token_outlier_threshold=0.0 if performance_only else float(token_outlier_threshold),
+            # itex_mode: measured, one per-token rescale (Abs/Max/RealDiv) anywhere in the graph and ITEX fused
+            # nothing at all (6x slower than fp32, the weight QDQ then runs every call); so no per-token there.
+            token_outlier_threshold=0.0 if performance_only or itex_mode else float(token_outlier_threshold),
             max_outlier_fraction=float(max_outlier_fraction),
             smooth_alpha=float(smooth_alpha),
             weights_as_const=itex_mode,
