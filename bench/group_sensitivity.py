@@ -1,0 +1,47 @@
+"""KL(fp32 || quantized) of next-token distributions with only one group of MatMuls quantized.
+
+How the default outlier recipe was chosen (README "Real weights"): one switchable QDQ graph
+(tfquant.sensitivity.make_switchable), masks that quantize every op, only the ops whose name contains a
+group key (q_proj, down_proj, ...), or all but them; optionally one layer at a time.
+
+    .venv/bin/python bench/group_sensitivity.py FP32_SAVED_MODEL [WINDOWS=4] ['{"outlier_threshold": 3.0, ...}']
+    (the JSON takes QuantPolicy.from_flags arguments; LAYERS=30 also prints one KL per layer)
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tfquant.convert import prepare_qdq  # noqa: E402
+from tfquant.policy import QuantPolicy  # noqa: E402
+from tfquant.sensitivity import make_switchable  # noqa: E402
+
+GROUPS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+
+
+def main():
+    src = sys.argv[1]
+    windows = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    flags = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    policy = QuantPolicy.from_flags(**flags)  # the int8 policy; prepare_qdq stops before lowering
+    prep = prepare_qdq(src, policy, observer="mse", progress=False)
+    ops = prep.quantized_ops
+    sw = make_switchable(prep.graph, ops, prep.model, prep.model.captures, prep.batches[:windows])
+
+    def mask(pred):
+        return np.array([1.0 if pred(o) else 0.0 for o in ops], np.float32)
+
+    print(f"{len(ops)} ops; KL all quantized {sw.kl(np.ones(len(ops), np.float32)):.4f}", flush=True)
+    for g in GROUPS:
+        only, all_but = sw.kl(mask(lambda o: g in o)), sw.kl(mask(lambda o: g not in o))
+        print(f"{g:10s} only {only:.4f}  all-but {all_but:.4f}", flush=True)
+    for layer in range(int(os.environ.get("LAYERS", "0"))):
+        key = f"layers.{layer}/"
+        print(f"layer {layer:2d} only {sw.kl(mask(lambda o: key in o)):.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
