@@ -115,6 +115,18 @@ class QDQInserter:
         return deq
 
 
+def _readers(graph: Graph, op: str) -> list:
+    """The nodes reading output 0 of ``op`` now (taken before the nodes that will wrap it are added)."""
+    return [n for n in graph.nodes.values() if any(i in (op, op + ":0") for i in n.input)]
+
+
+def _redirect(readers, op: str, new_tensor: str) -> None:
+    for c in readers:
+        for i, inp in enumerate(c.input):
+            if inp in (op, op + ":0"):
+                c.input[i] = new_tensor
+
+
 def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     """y = x @ W  ->  y = Q(x) @ Q(W * row_mask) + gather(x, outliers) @ W[outliers]
 
@@ -127,7 +139,7 @@ def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     op, idx = node.name, np.asarray(plan.outlier_channels, np.int32)
     w = np.asarray(weight_values(plan.weight.tensor), np.float32)
     act = canonical(node.input[0])
-    consumers = [n for n in graph.nodes.values() if any(i in (op, op + ":0") for i in n.input)]
+    readers = _readers(graph, op)
     prefix = names.outlier_prefix(op)
     graph.add(make_const(f"{prefix}/channels", idx))
     graph.add(make_const(f"{prefix}/axis", np.int32(1)))
@@ -141,10 +153,7 @@ def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     graph.add(make_const(f"{prefix}/row_mask", mask))
     graph.add(make_node("Mul", f"{prefix}/masked_weight", [plan.weight.tensor, f"{prefix}/row_mask"], {"T": DType("float")}))
     graph.add(make_node("AddV2", f"{prefix}/add", [op, f"{prefix}/matmul"], {"T": DType("float")}))
-    for c in consumers:
-        for i, inp in enumerate(c.input):
-            if inp == op or inp == op + ":0":
-                c.input[i] = f"{prefix}/add"
+    _redirect(readers, op, f"{prefix}/add")
     return WeightQ(plan.weight.input_index, f"{prefix}/masked_weight", plan.weight.per_channel)
 
 
@@ -176,7 +185,7 @@ def scale_per_token(graph: Graph, node, plan: Plan, weight_values) -> str:
     op = node.name
     prefix = names.per_token_prefix(op)
     act = canonical(node.input[0])
-    consumers = [n for n in graph.nodes.values() if any(i in (op, op + ":0") for i in n.input)]
+    readers = _readers(graph, op)
     source = act
     if plan.outlier_channels:  # they run in fp32 on the side; they must not set the row scale
         mask = np.ones((1, np.shape(weight_values(plan.weight.tensor))[0]), np.float32)
@@ -192,10 +201,7 @@ def scale_per_token(graph: Graph, node, plan: Plan, weight_values) -> str:
     graph.add(make_node("Maximum", f"{prefix}/scale", [f"{prefix}/row_max", f"{prefix}/floor"], {"T": DType("float")}))
     graph.add(make_node("RealDiv", f"{prefix}/normalized", [source, f"{prefix}/scale"], {"T": DType("float")}))
     graph.add(make_node("Mul", f"{prefix}/rescaled", [op, f"{prefix}/scale"], {"T": DType("float")}))
-    for c in consumers:
-        for i, inp in enumerate(c.input):
-            if inp == op or inp == op + ":0":
-                c.input[i] = f"{prefix}/rescaled"
+    _redirect(readers, op, f"{prefix}/rescaled")
     return f"{prefix}/normalized"
 
 
