@@ -59,6 +59,8 @@ def main():
     p.add_argument("--itex", action="store_true",
                    help="time under Intel Extension for TensorFlow (must be installed): fp32 vs an itex_mode QDQ model "
                         "(and the default int8 model), with ITEX_TF_CONSTANT_FOLDING=0 as ITEX's QDQ fusion needs")
+    p.add_argument("--fp32_model", help="time this existing fp32 SavedModel instead of a random GPT-J from --config")
+    p.add_argument("--vocab", type=int, default=50400, help="token ids are drawn below this (default 50400)")
     args = p.parse_args()
     if args.itex:
         import importlib.util
@@ -71,7 +73,7 @@ def main():
     work = args.workdir or tempfile.mkdtemp(prefix="tfquant-speed-")
     os.makedirs(work, exist_ok=True)
     py = sys.executable
-    fp32 = os.path.join(work, "fp32")
+    fp32 = os.path.abspath(args.fp32_model) if args.fp32_model else os.path.join(work, "fp32")
     if not os.path.exists(fp32):
         subprocess.run([py, "tools/prepare_model.py", "--config", args.config, "--output_dir", fp32], cwd=ROOT, check=True)
     models = {"fp32": fp32}
@@ -105,7 +107,7 @@ def main():
     rs = np.random.RandomState(0)
     results = {"models": {n: {"path": p, "size_bytes": dir_size(p)} for n, p in models.items()}, "latency_ms": {}}
     for seq in args.seq_lens:
-        ids = tf.constant(rs.randint(0, 50400, size=(1, seq)).astype(np.int32))
+        ids = tf.constant(rs.randint(0, args.vocab, size=(1, seq)).astype(np.int32))
         mask = tf.ones_like(ids)
         for fn in fns.values():
             for _ in range(args.warmup):
@@ -129,7 +131,7 @@ def main():
     for n in results["models"]:
         results["models"][n]["size_ratio"] = round(results["models"][n]["size_bytes"] / base_size, 3)
     results.update({
-        "config": os.path.relpath(args.config, ROOT), "iters": args.iters, "warmup": args.warmup, "notes": notes,
+        "config": args.fp32_model or os.path.relpath(args.config, ROOT), "iters": args.iters, "warmup": args.warmup, "notes": notes,
         "machine": {**describe(), "cpus": os.cpu_count(), "tf": tf.__version__, "python": platform.python_version(),
                     "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),
                     "itex": _itex_version(), "ITEX_TF_CONSTANT_FOLDING": os.environ.get("ITEX_TF_CONSTANT_FOLDING")},
