@@ -159,3 +159,22 @@ def test_dump_graph_from_saved_model(tiny_gptj, tmp_path):
     assert sum(n.op == "MatMul" for n in gd.node) == 13
     res = run_tool("dump_graph_from_saved_model.py", "--input_model", str(tmp_path / "missing"), "--output", str(tmp_path / "e.pb"))
     assert res.returncode == 2 and "not found" in res.stderr
+
+
+def test_every_shipped_recipe_resolves_to_a_valid_policy():
+    import glob
+    import inspect
+
+    from tfquant.policy import QuantPolicy
+    from tfquant.quantize import parse_args, resolve_options
+
+    accepted = set(inspect.signature(QuantPolicy.from_flags).parameters)
+    recipes = sorted(glob.glob(os.path.join(ROOT, "configs", "recipes", "*.yaml")))
+    assert len(recipes) >= 4
+    for path in recipes:
+        opts = resolve_options(parse_args(["--output_dir", "unused", "--config", path]))
+        policy = QuantPolicy.from_flags(**{k: v for k, v in opts.items() if k in accepted})
+        assert policy.output_format == "int8", path
+    fast = resolve_options(parse_args(["--output_dir", "unused", "--config",
+                                       os.path.join(ROOT, "configs", "recipes", "fast.yaml")]))
+    assert (fast["outlier_threshold"], fast["max_outlier_fraction"], fast["token_outlier_threshold"]) == (6.0, 0.01, 0)
