@@ -151,6 +151,23 @@ def test_fused_matmuls_match_separate_kernels(convert, tiny_gptj, random_batch):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-3 * np.abs(a).max())
 
 
+def test_per_channel_scales_only_where_columns_differ():
+    from tfquant.policy import QuantPolicy
+    from tfquant.quantizers import Plan, WeightQ
+    from tfquant.rewrite import settle_weight_granularity
+
+    uniform = np.array([[1.0, -1.05], [0.5, 0.2]], np.float32)   # column max|w| 1.0 and 1.05: within 1.1
+    spread = np.array([[1.0, -2.0], [0.5, 0.2]], np.float32)     # 1.0 and 2.0: a 2x spread
+    weights = {"u": uniform, "s": spread}
+    plans = [Plan(op, "MatMul", weight=WeightQ(1, op, True)) for op in ("u", "s")]
+    settled = settle_weight_granularity(plans, weights.get, QuantPolicy.from_flags())
+    assert [p.weight.per_channel for p in settled] == [False, True]
+    always = settle_weight_granularity(plans, weights.get, QuantPolicy.from_flags(per_channel_min_spread=1.0))
+    assert [p.weight.per_channel for p in always] == [True, True]
+    with pytest.raises(UserError, match="per_channel_min_spread"):
+        QuantPolicy.from_flags(per_channel_min_spread=0.5)
+
+
 def test_performance_only_disables_outlier_fallback():
     from tfquant.policy import QuantPolicy
 
@@ -166,7 +183,7 @@ def test_performance_only_disables_outlier_fallback():
 def test_per_channel_and_per_tensor_lowering_agree_with_fp32(convert, tiny_gptj, random_batch):
     ref = run_logits(tiny_gptj, random_batch)
     for granularity in ("per_channel", "per_tensor"):
-        out, report = convert(f"gran_{granularity}", weight_granularity=granularity)
+        out, report = convert(f"gran_{granularity}", weight_granularity=granularity, per_channel_min_spread=1.0)
         assert report["lowered"]["weight_granularity"] == granularity
         got = run_logits(os.path.join(out, "model"), random_batch)
         assert np.abs(got - ref).max() < 0.1

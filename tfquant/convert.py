@@ -18,7 +18,7 @@ from .policy import (DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DE
                      QuantPolicy)
 from .report import write_json
 from .quantizers import Skip
-from .rewrite import insert_qdq, plan_all
+from .rewrite import insert_qdq, plan_all, settle_weight_granularity
 
 EXTRACTED_PB = "extracted_graph_def.pb"
 CONVERTED_PB = "converted_graph_def.pb"
@@ -110,6 +110,7 @@ def prepare_qdq(src: str, policy: Optional[QuantPolicy] = None, *, calib_text: O
     fallback = set(fallback_ops)
     decisions = [Skip(d.op, d.op_type, "kept in fp32 by measured fallback (sensitivity)") if d.op in fallback else d
                  for d in decisions]
+    decisions = settle_weight_granularity(decisions, weight_values, policy)
     if policy.fuse_shared_input:
         from .fuse import fuse_shared_input_matmuls
 
@@ -135,6 +136,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
                       weight_bits: int = 7, outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD,
                       max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION,
                       token_outlier_threshold: float = DEFAULT_TOKEN_OUTLIER_THRESHOLD, fuse_matmuls: bool = False,
+                      per_channel_min_spread: float = 1.1,
                       smooth_alpha: float = 0.0,
                       fallback_kl: float = 0.0,
                       fallback_max_ops: int = 16, fallback_windows: int = 2,
@@ -152,6 +154,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
                                     weight_bits=weight_bits, outlier_threshold=outlier_threshold,
                                     token_outlier_threshold=token_outlier_threshold,
                                     max_outlier_fraction=max_outlier_fraction, fuse_matmuls=fuse_matmuls,
+                                    per_channel_min_spread=per_channel_min_spread,
                                     smooth_alpha=smooth_alpha)
     if fallback_kl < 0 or fallback_max_ops < 0 or fallback_windows <= 0:
         raise UserError("fallback budget and op count must be >= 0 and fallback windows > 0")

@@ -32,6 +32,9 @@ class QuantPolicy:
     allow_transpose_a: bool = False         # itex_mode: ITEX handles MatMul(transpose_a)
     allow_fallback: bool = True             # performance_only: never keep ops in fp32 for accuracy
     weight_per_channel: bool = True         # per output channel (MatMul axis 1); the reference is per tensor
+    # ... but only where it buys precision: a weight whose largest column max|w| is within this factor of its
+    # smallest gets one scale (per-channel would cost a rescale Mul per output for < log2(1.1) = 0.14 bit).
+    per_channel_min_spread: float = 1.1
     output_format: str = "int8"             # "int8": lower to real int8 kernels; "qdq": keep the QDQ graph
     weight_bits: int = 7                    # lowered weights: 7 is saturation-safe without VNNI (see lower.py)
     exclude: Tuple[str, ...] = field(default_factory=tuple)  # regexes of op names kept in fp32
@@ -54,7 +57,7 @@ class QuantPolicy:
                    outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD, smooth_alpha: float = 0.0,
                    token_outlier_threshold: float = DEFAULT_TOKEN_OUTLIER_THRESHOLD,
                    max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION,
-                   fuse_matmuls: bool = False) -> "QuantPolicy":
+                   fuse_matmuls: bool = False, per_channel_min_spread: float = 1.1) -> "QuantPolicy":
         if output_format is None:
             # ITEX fuses QDQ itself at run time; stock TF needs the lowered int8 kernels to be fast.
             output_format = "qdq" if itex_mode else "int8"
@@ -70,6 +73,8 @@ class QuantPolicy:
             raise UserError(f"--outlier_threshold must be >= 0, got {outlier_threshold}")
         if not 0.0 < max_outlier_fraction <= 0.5:
             raise UserError(f"--max_outlier_fraction must be in (0, 0.5], got {max_outlier_fraction}")
+        if per_channel_min_spread < 1.0:
+            raise UserError(f"--per_channel_min_spread must be >= 1, got {per_channel_min_spread}")
         if token_outlier_threshold < 0:
             raise UserError(f"--token_outlier_threshold must be >= 0, got {token_outlier_threshold}")
         if weight_bits not in (7, 8):
@@ -93,6 +98,7 @@ class QuantPolicy:
             allow_transpose_a=itex_mode,
             allow_fallback=not performance_only,
             weight_per_channel=weight_granularity == "per_channel",
+            per_channel_min_spread=float(per_channel_min_spread),
             output_format=output_format,
             weight_bits=weight_bits,
             exclude=tuple(exclude),

@@ -43,6 +43,9 @@ def parse_args(argv=None):
                    help="int8: real int8 kernels on stock TF (default); qdq: keep QuantizeV2/Dequantize pairs")
     p.add_argument("--weight_granularity", choices=("per_channel", "per_tensor"),
                    help="weight scales: per output channel (default) or one per tensor (the reference)")
+    p.add_argument("--per_channel_min_spread", type=float,
+                   help="per-channel weight scales only where a weight's largest column max|w| exceeds its smallest "
+                        "by this factor (default 1.1; 1 = always per channel)")
     p.add_argument("--weight_bits", type=int, choices=(7, 8),
                    help="bits of lowered int8 weights: 7 (default) cannot saturate on CPUs without VNNI; 8 for VNNI/AMX")
     p.add_argument("--outlier_threshold", type=float,
@@ -75,7 +78,7 @@ def parse_args(argv=None):
 DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None, "weight_granularity": "per_channel",
             "exclude": [], "weight_bits": 7, "outlier_threshold": DEFAULT_OUTLIER_THRESHOLD,
             "max_outlier_fraction": DEFAULT_MAX_OUTLIER_FRACTION, "token_outlier_threshold": DEFAULT_TOKEN_OUTLIER_THRESHOLD,
-            "fuse_matmuls": False, "smooth_alpha": 0.0, "observer": "mse",
+            "fuse_matmuls": False, "per_channel_min_spread": 1.1, "smooth_alpha": 0.0, "observer": "mse",
             "fallback_kl": 0.0, "fallback_max_ops": 16, "calib_text": None, "calib_samples": 16, "seq_len": 128}
 
 
