@@ -14,8 +14,8 @@ from .errors import UserError
 from .fsutil import atomic_output_dir, check_output_dir, dir_size_bytes
 from .graph import Graph
 from .graphio import write_graph_def
-from .policy import (DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_TOKEN_OUTLIER_THRESHOLD,
-                     QuantPolicy)
+from .policy import (DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_PER_CHANNEL_MIN_SPREAD,
+                     DEFAULT_TOKEN_OUTLIER_THRESHOLD, QuantPolicy)
 from .report import write_json
 from .quantizers import Skip
 from .rewrite import insert_qdq, plan_all, settle_weight_granularity
@@ -136,7 +136,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
                       weight_bits: int = 7, outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD,
                       max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION,
                       token_outlier_threshold: float = DEFAULT_TOKEN_OUTLIER_THRESHOLD, fuse_matmuls: bool = False,
-                      per_channel_min_spread: float = 1.1,
+                      per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD,
                       smooth_alpha: float = 0.0,
                       fallback_kl: float = 0.0,
                       fallback_max_ops: int = 16, fallback_windows: int = 2,

@@ -19,6 +19,8 @@ FORMATS = ("int8", "qdq")
 DEFAULT_OUTLIER_THRESHOLD = 3.0
 DEFAULT_MAX_OUTLIER_FRACTION = 0.03
 DEFAULT_TOKEN_OUTLIER_THRESHOLD = 3.0
+# Per-channel weight scales only where a weight's column ranges differ by more than this (see the field below).
+DEFAULT_PER_CHANNEL_MIN_SPREAD = 1.1
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class QuantPolicy:
     weight_per_channel: bool = True         # per output channel (MatMul axis 1); the reference is per tensor
     # ... but only where it buys precision: a weight whose largest column max|w| is within this factor of its
     # smallest gets one scale (per-channel would cost a rescale Mul per output for < log2(1.1) = 0.14 bit).
-    per_channel_min_spread: float = 1.1
+    per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD
     output_format: str = "int8"             # "int8": lower to real int8 kernels; "qdq": keep the QDQ graph
     weight_bits: int = 7                    # lowered weights: 7 is saturation-safe without VNNI (see lower.py)
     exclude: Tuple[str, ...] = field(default_factory=tuple)  # regexes of op names kept in fp32
@@ -57,7 +59,7 @@ class QuantPolicy:
                    outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD, smooth_alpha: float = 0.0,
                    token_outlier_threshold: float = DEFAULT_TOKEN_OUTLIER_THRESHOLD,
                    max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION,
-                   fuse_matmuls: bool = False, per_channel_min_spread: float = 1.1) -> "QuantPolicy":
+                   fuse_matmuls: bool = False, per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD) -> "QuantPolicy":
         if output_format is None:
             # ITEX fuses QDQ itself at run time; stock TF needs the lowered int8 kernels to be fast.
             output_format = "qdq" if itex_mode else "int8"

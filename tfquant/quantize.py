@@ -11,7 +11,8 @@ import os
 import sys
 
 from .errors import UserError, run_cli
-from .policy import DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_TOKEN_OUTLIER_THRESHOLD
+from .policy import (DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_PER_CHANNEL_MIN_SPREAD,
+                     DEFAULT_TOKEN_OUTLIER_THRESHOLD)
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 from .fsutil import cache_root
@@ -45,7 +46,7 @@ def parse_args(argv=None):
                    help="weight scales: per output channel (default) or one per tensor (the reference)")
     p.add_argument("--per_channel_min_spread", type=float,
                    help="per-channel weight scales only where a weight's largest column max|w| exceeds its smallest "
-                        "by this factor (default 1.1; 1 = always per channel)")
+                        f"by this factor (default {DEFAULT_PER_CHANNEL_MIN_SPREAD:g}; 1 = always per channel)")
     p.add_argument("--weight_bits", type=int, choices=(7, 8),
                    help="bits of lowered int8 weights: 7 (default) cannot saturate on CPUs without VNNI; 8 for VNNI/AMX")
     p.add_argument("--outlier_threshold", type=float,
@@ -78,7 +79,7 @@ def parse_args(argv=None):
 DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None, "weight_granularity": "per_channel",
             "exclude": [], "weight_bits": 7, "outlier_threshold": DEFAULT_OUTLIER_THRESHOLD,
             "max_outlier_fraction": DEFAULT_MAX_OUTLIER_FRACTION, "token_outlier_threshold": DEFAULT_TOKEN_OUTLIER_THRESHOLD,
-            "fuse_matmuls": False, "per_channel_min_spread": 1.1, "smooth_alpha": 0.0, "observer": "mse",
+            "fuse_matmuls": False, "per_channel_min_spread": DEFAULT_PER_CHANNEL_MIN_SPREAD, "smooth_alpha": 0.0, "observer": "mse",
             "fallback_kl": 0.0, "fallback_max_ops": 16, "calib_text": None, "calib_samples": 16, "seq_len": 128}
 
 
