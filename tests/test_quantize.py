@@ -191,8 +191,12 @@ def test_lowered_graph_is_int8_and_small(tiny_gptj, int8_default):
     assert len(biases) == 5 and all(nodes[b].op == "Identity" for b in biases)
     for n in nodes.values():
         if n.op == "_MklQuantizedMatMulWithBiasAndDequantize":
-            w = nodes[nodes[n.input[1]].input[0]]  # Bitcast <- ReadVariableOp(int8)
-            assert w.op == "ReadVariableOp" and w.attr["dtype"].type == 6  # DT_INT8
+            w = nodes[n.input[1]]  # a qint8 variable read straight into the kernel (no Bitcast)
+            assert w.op == "ReadVariableOp" and w.attr["dtype"].type == 11  # DT_QINT8
+            # activations reach the kernel as SCALED quint8 of (x - min): the same integers as MIN_FIRST
+            a = nodes[n.input[0].split(":")[0]]
+            assert a.op == "_MklQuantizeV2" and a.attr["mode"].s == b"SCALED"
+            assert nodes[a.input[0]].op == "Sub" and n.attr["input_quant_mode"].s == b"SCALED"
     assert report["lowered"]["count"] == 13 and report["lowered"]["embeddings"]
     # fp32 weights must not be saved: 4 bytes -> 1 byte per parameter
     assert report["size_bytes"]["output"] < 0.35 * report["size_bytes"]["input"]
@@ -227,9 +231,33 @@ def test_report_lists_ranges_and_timings(int8_default):
 
 
 def test_performance_only_lowered_model_runs_and_agrees(convert, tiny_gptj, random_batch):
-    """performance_only's signed SCALED qint8 activations are re-expressed as quint8 MIN_FIRST for the kernel."""
+    """performance_only's signed SCALED qint8 activations are re-expressed as shifted quint8 for the kernel."""
     out, report = convert("perf_int8", performance_only=True)
     assert report["lowered"]["count"] == 13
     ref = run_logits(tiny_gptj, random_batch)
     got = run_logits(os.path.join(out, "model"), random_batch)
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+def test_rotary_rewrite_is_exact(convert, int8_default, random_batch):
+    """GPT-J's rotate_every_two (stride-2 slices, Neg, Pack, Reshape) becomes x @ R; the logits do not move."""
+    from tfquant.simplify import rotate_every_two_matrix
+
+    out, report = int8_default
+    assert report["simplified"] == {"rotate_every_two_as_matmul": 4}  # q and k in each of 2 layers
+    _, nodes = converted(out)
+    ops = collections.Counter(n.op for n in nodes.values())
+    assert ops["Pack"] < load_graph_ops(out)["Pack"] and ops["Neg"] == 0
+    plain, plain_report = convert("int8_no_simplify", simplify=False)
+    assert plain_report["simplified"] is None
+    a = run_logits(os.path.join(out, "model"), random_batch)
+    b = run_logits(os.path.join(plain, "model"), random_batch)
+    assert np.array_equal(a, b)
+    # the matrix itself, against the pattern it replaces
+    x = np.random.RandomState(0).randn(3, 8).astype(np.float32)
+    want = np.stack((-x[:, 1::2], x[:, ::2]), -1).reshape(3, 8)
+    assert np.array_equal(x @ rotate_every_two_matrix(8), want)
+
+
+def load_graph_ops(out):
+    return collections.Counter(n.op for n in load_graph(os.path.join(out, "extracted_graph_def.pb"))[1].values())

@@ -141,7 +141,8 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
                       fallback_kl: float = 0.0,
                       fallback_max_ops: int = 16, fallback_windows: int = 2,
                       calib_text: Optional[str] = None, calib_samples: int = 16, seq_len: int = 128,
-                      observer: str = "mse", overwrite: bool = False, progress: bool = True) -> dict:
+                      observer: str = "mse", simplify: bool = True, overwrite: bool = False,
+                      progress: bool = True) -> dict:
     """Quantize the SavedModel at ``src`` and write the result under ``dst``.
 
     ``dst`` receives ``model/`` (the converted SavedModel, same signature), ``extracted_graph_def.pb``,
@@ -155,7 +156,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
                                     token_outlier_threshold=token_outlier_threshold,
                                     max_outlier_fraction=max_outlier_fraction, fuse_matmuls=fuse_matmuls,
                                     per_channel_min_spread=per_channel_min_spread,
-                                    smooth_alpha=smooth_alpha)
+                                    smooth_alpha=smooth_alpha, simplify=simplify)
     if fallback_kl < 0 or fallback_max_ops < 0 or fallback_windows <= 0:
         raise UserError("fallback budget and op count must be >= 0 and fallback windows > 0")
     check_output_dir(dst, overwrite)  # before minutes of work, not after
@@ -177,6 +178,11 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
         from .lower import lower_to_int8
 
         lowered = lower_to_int8(graph, model, captures, weight_bits=policy.weight_bits)
+    simplified = None
+    if policy.simplify:
+        from .simplify import simplify_rotary
+
+        simplified = {"rotate_every_two_as_matmul": simplify_rotary(graph)}
     graph.prune(list(model.outputs.values()), keep=[n.split(":")[0] for n in model.inputs.values()])
     captures = {k: v for k, v in captures.items() if k in graph.nodes}
     converted = graph.to_graph_def()
@@ -195,6 +201,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
         "fallback": fallback,
         "smoothing": prep.smoothing,
         "lowered": lowered,
+        "simplified": simplified,
         "ranges": {k: v.to_json() for k, v in sorted(prep.ranges.items())},
     }
     t = time.perf_counter()

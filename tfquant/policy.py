@@ -52,6 +52,8 @@ class QuantPolicy:
     # int8 format: MatMuls sharing one quantized input run as one kernel (tfquant/fuse.py).  Not for QDQ
     # graphs, where the fused weight would be a run-time ConcatV2 of variables.
     fuse_shared_input: bool = False
+    # int8 format: exact fp32 rewrites of slow glue around the kernels (tfquant/simplify.py: GPT-J's rotary).
+    simplify: bool = True
 
     @classmethod
     def from_flags(cls, itex_mode: bool = False, performance_only: bool = False, output_format: str = None,
@@ -59,7 +61,8 @@ class QuantPolicy:
                    outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD, smooth_alpha: float = 0.0,
                    token_outlier_threshold: float = DEFAULT_TOKEN_OUTLIER_THRESHOLD,
                    max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION,
-                   fuse_matmuls: bool = False, per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD) -> "QuantPolicy":
+                   fuse_matmuls: bool = False, per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD,
+                   simplify: bool = True) -> "QuantPolicy":
         if output_format is None:
             # ITEX fuses QDQ itself at run time; stock TF needs the lowered int8 kernels to be fast.
             output_format = "qdq" if itex_mode else "int8"
@@ -113,6 +116,7 @@ class QuantPolicy:
             smooth_alpha=float(smooth_alpha),
             weights_as_const=itex_mode,
             fuse_shared_input=fuse_matmuls and output_format == "int8",
+            simplify=simplify and output_format == "int8",
         )
 
     def activation_mode(self) -> str:

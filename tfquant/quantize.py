@@ -61,6 +61,9 @@ def parse_args(argv=None):
                         "0 turns it off)")
     p.add_argument("--fuse_matmuls", action="store_true", default=None,
                    help="int8 format: MatMuls that read one quantized input (q/k/v, gate/up) run as one kernel")
+    p.add_argument("--no_simplify", dest="simplify", action="store_false", default=None,
+                   help="int8 format: keep the model's fp32 glue as it is (default: exact rewrites of slow patterns, "
+                        "e.g. GPT-J's rotary rotate_every_two -> one MatMul; tfquant/simplify.py)")
     p.add_argument("--smooth_alpha", type=float, help="SmoothQuant migration strength in [0, 1] (default 0 = off)")
     p.add_argument("--fallback_kl", type=float,
                    help="measured fallback: keep the most sensitive ops in fp32 until KL(fp32 || int8) of the "
@@ -80,6 +83,7 @@ DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None
             "exclude": [], "weight_bits": 7, "outlier_threshold": DEFAULT_OUTLIER_THRESHOLD,
             "max_outlier_fraction": DEFAULT_MAX_OUTLIER_FRACTION, "token_outlier_threshold": DEFAULT_TOKEN_OUTLIER_THRESHOLD,
             "fuse_matmuls": False, "per_channel_min_spread": DEFAULT_PER_CHANNEL_MIN_SPREAD, "smooth_alpha": 0.0, "observer": "mse",
+            "simplify": True,
             "fallback_kl": 0.0, "fallback_max_ops": 16, "calib_text": None, "calib_samples": 16, "seq_len": 128}
 
 
