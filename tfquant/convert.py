@@ -182,7 +182,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     if policy.simplify:
         from .simplify import simplify_rotary
 
-        simplified = {"rotate_every_two_as_matmul": simplify_rotary(graph)}
+        simplified = simplify_rotary(graph)
     graph.prune(list(model.outputs.values()), keep=[n.split(":")[0] for n in model.inputs.values()])
     captures = {k: v for k, v in captures.items() if k in graph.nodes}
     converted = graph.to_graph_def()
