@@ -61,8 +61,9 @@ def _quantize_activation(graph: Graph, a_q, a_mode: str, a_min: float, a_max: fl
     MIN_FIRST, q = round((x - min) * 255 / (max - min)), is written as ``x - min`` followed by a
     SCALED quint8 quantize of [0, max - min]: the same integers (up to ties), but oneDNN's
     _MklQuantizeV2 builds a new binary primitive on every MIN_FIRST call while its SCALED path
-    reuses a cached reorder.  Measured on SmolLM2-135M (123 quantize nodes, 1x128): ~95 us per
-    MIN_FIRST call against a few for an fp32 subtraction and a cached SCALED reorder.
+    reuses a cached reorder.  Profiled on SmolLM2-135M (121 quantize nodes, 1x128, one inter-op
+    thread): ~95 us per MIN_FIRST call.  End to end the change was within the run-to-run noise
+    (it adds a Sub per quantized tensor); it is kept for the simpler kernel contract (SCALED only).
     """
     quant = graph.unique_name(f"{a_q.name}_mkl")
     source, lo, hi = a_q.input[0], a_q.input[1], a_q.input[2]

@@ -62,13 +62,9 @@ def _static_last_dim(graph: Graph, tensor: str) -> Optional[int]:
     node = graph.nodes.get(parse_input(tensor)[0])
     if node is None:
         return None
-    if node.op == "StridedSlice":
-        begin, end, strides = (_const_ints(graph, i) for i in node.input[1:4])
-        rank = len(begin or [])
-        if begin and end and strides and strides[-1] == 1 and begin[-1] == 0 and end[-1] > 0 \
-                and not node.attr["end_mask"].i >> (rank - 1) & 1 and not node.attr["shrink_axis_mask"].i:
-            return end[-1]
-        return None
+    if node.op == "StridedSlice":  # x[..., :d]
+        cut = _last_axis_slice(graph, node)
+        return cut[2] if cut and cut[1] in (None, 0) and cut[2] and cut[2] > 0 and cut[3] == 1 else None
     if node.op == "Reshape":
         shape = graph.nodes.get(parse_input(node.input[1])[0])
         if shape is not None and shape.op == "Pack":
