@@ -193,10 +193,8 @@ def test_lowered_graph_is_int8_and_small(tiny_gptj, int8_default):
         if n.op == "_MklQuantizedMatMulWithBiasAndDequantize":
             w = nodes[n.input[1]]  # a qint8 variable read straight into the kernel (no Bitcast)
             assert w.op == "ReadVariableOp" and w.attr["dtype"].type == 11  # DT_QINT8
-            # activations reach the kernel as SCALED quint8 of (x - min): the same integers as MIN_FIRST
             a = nodes[n.input[0].split(":")[0]]
-            assert a.op == "_MklQuantizeV2" and a.attr["mode"].s == b"SCALED"
-            assert nodes[a.input[0]].op == "Sub" and n.attr["input_quant_mode"].s == b"SCALED"
+            assert a.op == "_MklQuantizeV2" and a.attr["mode"].s == n.attr["input_quant_mode"].s == b"MIN_FIRST"
     assert report["lowered"]["count"] == 13 and report["lowered"]["embeddings"]
     # fp32 weights must not be saved: 4 bytes -> 1 byte per parameter
     assert report["size_bytes"]["output"] < 0.35 * report["size_bytes"]["input"]
@@ -231,7 +229,7 @@ def test_report_lists_ranges_and_timings(int8_default):
 
 
 def test_performance_only_lowered_model_runs_and_agrees(convert, tiny_gptj, random_batch):
-    """performance_only's signed SCALED qint8 activations are re-expressed as shifted quint8 for the kernel."""
+    """performance_only's signed SCALED qint8 activations are re-expressed as quint8 MIN_FIRST for the kernel."""
     out, report = convert("perf_int8", performance_only=True)
     assert report["lowered"]["count"] == 13
     ref = run_logits(tiny_gptj, random_batch)

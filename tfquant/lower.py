@@ -55,26 +55,19 @@ def _new_qint8_variable(graph: Graph, captures: Dict[str, object], base: str, va
     return graph.add(make_node("ReadVariableOp", f"{base}/read", [handle], {"dtype": DType("qint8")})).name
 
 
-def _quantize_activation(graph: Graph, a_q, a_mode: str, a_min: float, a_max: float) -> str:
+def _quantize_activation(graph: Graph, a_q, a_mode: str) -> str:
     """fp32 activation -> quint8 for the kernel; returns the quantize node (outputs: data, min, max).
 
-    MIN_FIRST, q = round((x - min) * 255 / (max - min)), is written as ``x - min`` followed by a
-    SCALED quint8 quantize of [0, max - min]: the same integers (up to ties), but oneDNN's
-    _MklQuantizeV2 builds a new binary primitive on every MIN_FIRST call while its SCALED path
-    reuses a cached reorder.  Profiled on SmolLM2-135M (121 quantize nodes, 1x128, one inter-op
-    thread): ~95 us per MIN_FIRST call.  End to end the change was within the run-to-run noise
-    (it adds a Sub per quantized tensor); it is kept for the simpler kernel contract (SCALED only).
+    Tried and measured (60 quantizes of 128x576 in one graph): MIN_FIRST 64 us each; ``x - min`` then
+    a SCALED quantize (oneDNN caches that primitive, while MIN_FIRST builds one per call) 43 + 57 us.
+    Every full pass over a tensor costs ~40-60 us here, so the one-op MIN_FIRST stays.
     """
     quant = graph.unique_name(f"{a_q.name}_mkl")
-    source, lo, hi = a_q.input[0], a_q.input[1], a_q.input[2]
-    if a_mode == "MIN_FIRST":
-        shift = graph.add(make_const(f"{quant}/min", np.float32(a_min)))
-        source = graph.add(make_node("Sub", f"{quant}/shifted", [source, shift.name], {"T": DType("float")})).name
-        lo = graph.add(make_const(f"{quant}/zero", np.float32(0.0))).name
-        hi = graph.add(make_const(f"{quant}/range", np.float32(a_max - a_min))).name
-    attrs = {"T": DType("quint8"), "mode": "SCALED", "round_mode": "HALF_TO_EVEN",
+    # HALF_TO_EVEN is only valid with SCALED (QuantizeV2 rejects it for MIN_FIRST).
+    round_mode = "HALF_TO_EVEN" if a_mode == "SCALED" else "HALF_AWAY_FROM_ZERO"
+    attrs = {"T": DType("quint8"), "mode": a_mode, "round_mode": round_mode,
              "narrow_range": False, "axis": -1, "ensure_minimum_range": 0.01, "_kernel": MKL_LABEL}
-    graph.add(make_node("_MklQuantizeV2", quant, [source, lo, hi], attrs))
+    graph.add(make_node("_MklQuantizeV2", quant, [a_q.input[0], a_q.input[1], a_q.input[2]], attrs))
     return quant
 
 
@@ -128,7 +121,7 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
             a_mode = "MIN_FIRST"
         quant = activation_requant.get((a_q.name, a_mode))
         if quant is None:
-            quant = _quantize_activation(graph, a_q, a_mode, a_min, a_max)
+            quant = _quantize_activation(graph, a_q, a_mode)
             activation_requant[(a_q.name, a_mode)] = quant
 
         # Fold the following BiasAdd into the kernel: the MatMul's only consumer, or the only consumer of a
@@ -171,12 +164,10 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
         fmin = graph.add(make_const(f"{prefix}_min_freezed_output", np.float32(0.0)))
         fmax = graph.add(make_const(f"{prefix}_max_freezed_output", np.float32(1.0)))
         kernel_name = f"{prefix}_int8_matmul" if per_channel else out_name
-        # MIN_FIRST activations reach the kernel shifted and SCALED (see _quantize_activation); the integers are
-        # the same as MIN_FIRST's, and so is the bias compensation above.
         kernel = make_node(KERNEL, kernel_name, [quant, w_read, b_const.name, f"{quant}:1", f"{quant}:2",
                                               wmin.name, wmax.name, fmin.name, fmax.name], {
             "T1": DType("quint8"), "T2": DType("qint8"), "Tbias": DType("qint32"), "Toutput": DType("float"),
-            "transpose_a": False, "transpose_b": False, "input_quant_mode": "SCALED",
+            "transpose_a": False, "transpose_b": False, "input_quant_mode": a_mode,
             "is_weight_const": True, "is_bias_const": True, "_kernel": MKL_LABEL})
         graph.remove([out_name] if bias_add is None else [bias_add.name, mm.name])
         graph.add(kernel)
