@@ -1,0 +1,100 @@
+"""Issue 5: where the latency of the default recipe goes, one accuracy feature at a time, on SmolLM2-135M.
+
+Quantizes the fp32 model with the default recipe and with its accuracy machinery taken away step by step
+(per-token scales, then outlier channels, then per-channel weight scales), then times every model
+round-robin at 1 x 128 tokens (the benchmark's latency setting) and scores each by KL(fp32 || int8) of
+the next-token distributions on 6 x 256 tokens of the evaluation passages (a cheap accuracy proxy; the
+600-item accuracy of the default is in smollm2.json).
+
+    .venv/bin/python bench/speed_ladder.py [--fp32 /tmp/tfquant-smollm2/fp32] [--rounds 40]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+LADDER = [
+    ("default", []),
+    ("no per-token scales", ["--token_outlier_threshold", "0"]),
+    ("+ no outlier channels", ["--token_outlier_threshold", "0", "--outlier_threshold", "0"]),
+    ("+ per-tensor weights (bare int8 kernels)", ["--token_outlier_threshold", "0", "--outlier_threshold", "0",
+                                                  "--weight_granularity", "per_tensor"]),
+]
+
+
+def eval_batch(tokenizer_dir):
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    with open(os.path.join(ROOT, "tfquant", "resources", "austen_eval.jsonl"), encoding="utf-8") as f:
+        items = [json.loads(line) for line in f][:400]
+    ids = tok(" ".join(it["context"] + " " + it["target"] for it in items))["input_ids"]
+    return np.array([ids[i * 256:(i + 1) * 256] for i in range(6)], np.int32)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--fp32", default="/tmp/tfquant-smollm2/fp32")
+    p.add_argument("--work", default="/tmp/tfquant-smollm2/ladder")
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--output", default=os.path.join(ROOT, "bench", "results", "smollm2_speed_ladder.json"))
+    args = p.parse_args()
+    models = {"fp32": args.fp32}
+    for i, (name, flags) in enumerate(LADDER):
+        out = os.path.join(args.work, f"step{i}")
+        if not os.path.exists(out):
+            subprocess.run([sys.executable, "-m", "tfquant.quantize", "--input_model", args.fp32, "--output_dir", out,
+                            "--quiet", *flags], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        models[name] = os.path.join(out, "model")
+
+    import numpy as np
+    import tensorflow as tf
+
+    from tfquant.machine import describe
+
+    fns = {n: tf.saved_model.load(path).signatures["serving_default"] for n, path in models.items()}
+    batch = eval_batch(os.path.join(args.fp32, "tokenizer"))
+    logp = {}
+    for n, fn in fns.items():
+        logits = fn(input_ids=tf.constant(batch), attention_mask=tf.ones_like(batch))["logits"].numpy().astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp[n] = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ids = tf.constant(batch[:1, :128])
+    mask = tf.ones_like(ids)
+    for fn in fns.values():
+        for _ in range(3):
+            fn(input_ids=ids, attention_mask=mask)
+    times = {n: [] for n in fns}
+    for _ in range(args.rounds):  # round robin: every model sees the same machine state
+        for n, fn in fns.items():
+            t = time.perf_counter()
+            fn(input_ids=ids, attention_mask=mask)["logits"].numpy()
+            times[n].append(1000 * (time.perf_counter() - t))
+    base = statistics.median(times["fp32"])
+    rows = {}
+    for n in fns:
+        kl = float((np.exp(logp["fp32"]) * (logp["fp32"] - logp[n])).sum(-1).mean())
+        top1 = float((logp[n].argmax(-1) == logp["fp32"].argmax(-1)).mean())
+        med = statistics.median(times[n])
+        rows[n] = {"latency_median_ms": round(med, 2), "ratio_vs_fp32": round(med / base, 3),
+                   "kl_vs_fp32": round(kl, 4), "top1_agreement": round(top1, 3)}
+    result = {"models": rows, "flags": {n: f for n, f in LADDER}, "rounds": args.rounds, "seq_len": 128,
+              "kl_tokens": int(batch.size), "machine": {**describe(), "tf": tf.__version__},
+              "date": time.strftime("%Y-%m-%d")}
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(result, f, indent=1)
+    print("| model | latency 1x128 median ms (ratio) | KL(fp32 ‖ int8) | top-1 agreement |\n|---|---|---|---|")
+    for n, r in rows.items():
+        print(f"| {n} | {r['latency_median_ms']} ({r['ratio_vs_fp32']:.3f}) | {r['kl_vs_fp32']:.4f} | {r['top1_agreement']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
