@@ -46,6 +46,7 @@ def main():
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--output", default=os.path.join(ROOT, "bench", "results", "smollm2_speed_ladder.json"))
     args = p.parse_args()
+    os.makedirs(args.work, exist_ok=True)
     models = {"fp32": args.fp32}
     for i, (name, flags) in enumerate(LADDER):
         out = os.path.join(args.work, f"step{i}")
