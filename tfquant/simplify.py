@@ -19,16 +19,14 @@ from typing import Optional
 
 import numpy as np
 
-from .graph import DType, Graph, make_const, make_node, parse_input
+from .graph import DType, Graph, const_value, make_const, make_node, parse_input
 
 
 def _const_ints(graph: Graph, name: str) -> Optional[list]:
     node = graph.nodes.get(parse_input(name)[0])
     if node is None or node.op != "Const":
         return None
-    import tensorflow as tf
-
-    return [int(v) for v in np.ravel(tf.make_ndarray(node.attr["value"].tensor))]
+    return [int(v) for v in np.ravel(const_value(node))]
 
 
 def _last_axis_slice(graph: Graph, node) -> Optional[tuple]:
@@ -84,13 +82,6 @@ def rotate_every_two_matrix(d: int) -> np.ndarray:
     return r
 
 
-def _as_matmul(graph: Graph, name: str, source: str, matrix: np.ndarray, what: str) -> None:
-    """Node ``name`` becomes ``source @ matrix`` (BatchMatMulV2 broadcasts a 2-D matrix over the leading axes)."""
-    const = graph.add(make_const(graph.unique_name(f"{name}/{what}_matrix"), matrix))
-    graph.remove([name])
-    graph.add(make_node("BatchMatMulV2", name, [source, const.name], {"T": DType("float"), "adj_x": False, "adj_y": False}))
-
-
 def simplify_rotary(graph: Graph) -> dict:
     """What was replaced, for report.json.  (Llama/Mistral's rotate_half -- two contiguous slices, Neg,
     ConcatV2 -- was tried the same way: exact, but no faster on SmolLM2-135M, so it is left alone.)"""
@@ -120,6 +111,12 @@ def simplify_rotate_every_two(graph: Graph) -> int:
         d = _static_last_dim(graph, source)
         if d is None or d % 2:
             continue
-        _as_matmul(graph, reshape.name, source, rotate_every_two_matrix(d), "rotate_every_two")
+        # the Reshape's name is kept for its readers; BatchMatMulV2 broadcasts R over the leading axes
+        matrix = graph.add(make_const(graph.unique_name(f"{reshape.name}/rotate_every_two_matrix"),
+                                      rotate_every_two_matrix(d)))
+        name = reshape.name
+        graph.remove([name])
+        graph.add(make_node("BatchMatMulV2", name, [source, matrix.name],
+                            {"T": DType("float"), "adj_x": False, "adj_y": False}))
         replaced += 1
     return replaced  # the slices, Neg and Pack are left unread; the converter's prune drops them
