@@ -20,7 +20,7 @@ from typing import Callable, List
 import numpy as np
 
 from . import names
-from .graph import DType, Graph, make_const, make_node, parse_input
+from .graph import DType, Graph, make_const, make_node
 from .quantizers import Plan, Skip
 
 
@@ -71,16 +71,8 @@ def _fuse(graph: Graph, plans: List[Plan], weight_values) -> Plan:
     graph.add(make_const(f"{base}/split_axis", np.int32(1)))
     split = graph.add(make_node("SplitV", f"{base}/split", [fused.name, f"{base}/sizes", f"{base}/split_axis"],
                                 {"num_split": len(plans), "T": DType("float"), "Tlen": DType("int32")}))
-    index = {p.op: i for i, p in enumerate(plans)}
-    for node in graph.nodes.values():
-        for k, inp in enumerate(node.input):
-            if inp.startswith("^"):
-                if inp[1:] in index:
-                    node.input[k] = f"^{split.name}"
-                continue
-            name, port = parse_input(inp)
-            if name in index and port == 0:
-                node.input[k] = f"{split.name}:{index[name]}"
-    graph.remove(index)
+    for i, p in enumerate(plans):
+        graph.redirect(p.op, f"{split.name}:{i}", move_control_edges=True)
+    graph.remove([p.op for p in plans])
     return replace(plans[0], op=fused.name, weight=replace(plans[0].weight, tensor=concat.name),
                    fused_from=tuple(p.op for p in plans))

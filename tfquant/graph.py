@@ -95,6 +95,24 @@ class Graph:
     def rewire_input(self, node: node_def_pb2.NodeDef, index: int, new_tensor: str) -> None:
         node.input[index] = canonical(new_tensor)
 
+    def readers(self, node: str) -> List[node_def_pb2.NodeDef]:
+        """The nodes reading output 0 of ``node`` right now (take them before adding nodes that wrap it)."""
+        return [n for n in self.nodes.values() if any(i in (node, node + ":0") for i in n.input)]
+
+    def redirect(self, old: str, new_tensor: str, readers: Optional[Iterable[node_def_pb2.NodeDef]] = None,
+                 move_control_edges: bool = False) -> None:
+        """Make ``readers`` (default: every node) read ``new_tensor`` wherever they read output 0 of ``old``.
+
+        ``move_control_edges``: also turn '^old' into '^<node of new_tensor>' (for when ``old`` goes away).
+        """
+        new_tensor = canonical(new_tensor)
+        for n in self.nodes.values() if readers is None else readers:
+            for i, inp in enumerate(n.input):
+                if inp in (old, old + ":0"):
+                    n.input[i] = new_tensor
+                elif move_control_edges and inp == "^" + old:
+                    n.input[i] = "^" + parse_input(new_tensor)[0]
+
     def remove(self, names: Iterable[str]) -> None:
         for name in names:
             self.nodes.pop(name, None)

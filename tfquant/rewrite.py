@@ -131,18 +131,6 @@ class QDQInserter:
         return deq
 
 
-def _readers(graph: Graph, op: str) -> list:
-    """The nodes reading output 0 of ``op`` now (taken before the nodes that will wrap it are added)."""
-    return [n for n in graph.nodes.values() if any(i in (op, op + ":0") for i in n.input)]
-
-
-def _redirect(readers, op: str, new_tensor: str) -> None:
-    for c in readers:
-        for i, inp in enumerate(c.input):
-            if inp in (op, op + ":0"):
-                c.input[i] = new_tensor
-
-
 def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     """y = x @ W  ->  y = Q(x) @ Q(W * row_mask) + gather(x, outliers) @ W[outliers]
 
@@ -155,7 +143,7 @@ def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     op, idx = node.name, np.asarray(plan.outlier_channels, np.int32)
     w = np.asarray(weight_values(plan.weight.tensor), np.float32)
     act = canonical(node.input[0])
-    readers = _readers(graph, op)
+    readers = graph.readers(op)
     prefix = names.outlier_prefix(op)
     graph.add(make_const(f"{prefix}/channels", idx))
     graph.add(make_const(f"{prefix}/axis", np.int32(1)))
@@ -169,7 +157,7 @@ def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     graph.add(make_const(f"{prefix}/row_mask", mask))
     graph.add(make_node("Mul", f"{prefix}/masked_weight", [plan.weight.tensor, f"{prefix}/row_mask"], {"T": DType("float")}))
     graph.add(make_node("AddV2", f"{prefix}/add", [op, f"{prefix}/matmul"], {"T": DType("float")}))
-    _redirect(readers, op, f"{prefix}/add")
+    graph.redirect(op, f"{prefix}/add", readers)
     return WeightQ(plan.weight.input_index, f"{prefix}/masked_weight", plan.weight.per_channel)
 
 
@@ -201,7 +189,7 @@ def scale_per_token(graph: Graph, node, plan: Plan, weight_values) -> str:
     op = node.name
     prefix = names.per_token_prefix(op)
     act = canonical(node.input[0])
-    readers = _readers(graph, op)
+    readers = graph.readers(op)
     source = act
     if plan.outlier_channels:  # they run in fp32 on the side; they must not set the row scale
         mask = np.ones((1, np.shape(weight_values(plan.weight.tensor))[0]), np.float32)
@@ -217,7 +205,7 @@ def scale_per_token(graph: Graph, node, plan: Plan, weight_values) -> str:
     graph.add(make_node("Maximum", f"{prefix}/scale", [f"{prefix}/row_max", f"{prefix}/floor"], {"T": DType("float")}))
     graph.add(make_node("RealDiv", f"{prefix}/normalized", [source, f"{prefix}/scale"], {"T": DType("float")}))
     graph.add(make_node("Mul", f"{prefix}/rescaled", [op, f"{prefix}/scale"], {"T": DType("float")}))
-    _redirect(readers, op, f"{prefix}/rescaled")
+    graph.redirect(op, f"{prefix}/rescaled", readers)
     return f"{prefix}/normalized"
 
 
