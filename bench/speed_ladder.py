@@ -58,29 +58,21 @@ def main():
     import numpy as np
     import tensorflow as tf
 
+    from tfquant.benchmark import LoadedModel, ModelSpec, timed_round_robin
     from tfquant.machine import describe
 
-    fns = {n: tf.saved_model.load(path).signatures["serving_default"] for n, path in models.items()}
+    loaded = {n: LoadedModel(ModelSpec(name=n, role="", path=p, given=p, tokenizer_dir=p)) for n, p in models.items()}
     batch = eval_batch(os.path.join(args.fp32, "tokenizer"))
     logp = {}
-    for n, fn in fns.items():
-        logits = fn(input_ids=tf.constant(batch), attention_mask=tf.ones_like(batch))["logits"].numpy().astype(np.float64)
+    for n, m in loaded.items():
+        logits = m.forward(batch).numpy().astype(np.float64)
         logits -= logits.max(-1, keepdims=True)
         logp[n] = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    ids = tf.constant(batch[:1, :128])
-    mask = tf.ones_like(ids)
-    for fn in fns.values():
-        for _ in range(3):
-            fn(input_ids=ids, attention_mask=mask)
-    times = {n: [] for n in fns}
-    for _ in range(args.rounds):  # round robin: every model sees the same machine state
-        for n, fn in fns.items():
-            t = time.perf_counter()
-            fn(input_ids=ids, attention_mask=mask)["logits"].numpy()
-            times[n].append(1000 * (time.perf_counter() - t))
+    # round robin, rotating the order: every model sees the same machine state
+    times = dict(zip(loaded, timed_round_robin(list(loaded.values()), batch[:1, :128], warmup=3, iters=args.rounds)))
     base = statistics.median(times["fp32"])
     rows = {}
-    for n in fns:
+    for n in loaded:
         kl = float((np.exp(logp["fp32"]) * (logp["fp32"] - logp[n])).sum(-1).mean())
         top1 = float((logp[n].argmax(-1) == logp["fp32"].argmax(-1)).mean())
         med = statistics.median(times[n])

@@ -9,9 +9,9 @@ with the TF profiler and splits every run's wall time into
   * "shared":  time when two or more run (each gets its share of that wall time),
   * "idle":    time when none runs,
 
-per category of op, for the median of the profiled runs (int8 kernels, activation quantize, outlier side path, ...).  Before that it
-times the models round-robin without the profiler (the profiler adds ~20%), so the ratio printed
-is the one the benchmark would see.
+per category of op (int8 kernels, activation quantize, outlier side path, ...), for the median of
+the profiled runs.  Before that it times the models round robin without the profiler (which adds
+5-20%), so the ratio printed is the one the benchmark would see.
 
     .venv/bin/python bench/time_breakdown.py [NAME=DIR ...] [--seq_len 128] [--rounds 30]
 
@@ -65,23 +65,13 @@ def category(op_name: str, op_type: str) -> str:
     return "elementwise and norms"
 
 
-def wall_latency(paths, ids, mask, rounds):
-    import tensorflow as tf
+def wall_latency(paths, ids, rounds):
+    """Median and p25 ms per forward, round robin, with the benchmark's own loader and timer."""
+    from tfquant.benchmark import LoadedModel, ModelSpec, timed_round_robin
 
-    fns = [tf.saved_model.load(p).signatures["serving_default"] for p in paths]
-    for f in fns:
-        for _ in range(3):
-            f(input_ids=ids, attention_mask=mask)
-    times = [[] for _ in fns]
-    for r in range(rounds):
-        order = list(range(len(fns)))
-        order = order[r % len(order):] + order[:r % len(order)]
-        for i in order:
-            t = time.perf_counter()
-            [v.numpy() for v in fns[i](input_ids=ids, attention_mask=mask).values()]
-            times[i].append(1000.0 * (time.perf_counter() - t))
+    models = [LoadedModel(ModelSpec(name=p, role="", path=p, given=p, tokenizer_dir=p)) for p in paths]
     return [{"median_ms": round(statistics.median(t), 1), "p25_ms": round(float(sorted(t)[len(t) // 4]), 1)}
-            for t in times]
+            for t in timed_round_robin(models, ids, warmup=3, iters=rounds)]
 
 
 def profile(path, ids, mask, logdir):
@@ -171,7 +161,7 @@ def main():
     names, args.models = [n for n, _ in named], [d for _, d in named]
     ids = tf.constant(np.random.RandomState(0).randint(0, 49000, (1, args.seq_len)).astype(np.int32))
     mask = tf.ones_like(ids)
-    walls = wall_latency(args.models, ids, mask, args.rounds)
+    walls = wall_latency(args.models, ids.numpy(), args.rounds)
     result = {"seq_len": args.seq_len, "rounds": args.rounds, "profiled_runs": PROFILED_RUNS, "models": {}}
     for name, path, wall in zip(names, args.models, walls):
         with tempfile.TemporaryDirectory() as logdir:
