@@ -4,8 +4,10 @@ setup(
     name="tfquant",
     version="0.1.0",
     description="Post-training int8 quantization of TensorFlow SavedModels of causal language models (GPT-J first)",
-    packages=find_packages(include=["tfquant", "tfquant.*"]),
-    package_data={"tfquant": ["resources/*"]},
+    # configs/ (model presets, recipes) ships inside the package as tfquant/configs (see tfquant/assets.py)
+    packages=find_packages(include=["tfquant", "tfquant.*"]) + ["tfquant.configs"],
+    package_dir={"tfquant.configs": "configs"},
+    package_data={"tfquant": ["resources/*"], "tfquant.configs": ["*.yaml", "recipes/*.yaml"]},
     include_package_data=True,
     python_requires=">=3.10,<3.12",
     install_requires=[
@@ -25,7 +27,9 @@ setup(
         # the ITEX runtime for itex_mode graphs (CPU build, TF 2.15 only)
         "itex": ["intel-extension-for-tensorflow[cpu]==2.15.0.0"],
         "bench": ["matplotlib==3.9.2"],
-        "test": ["pytest"],
+        # torch only writes the .bin checkpoints tests/test_torch_bin.py reads; tfquant never imports it.
+        # Pinned: 2.13.0 is the CPU wheel on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
+        "test": ["pytest", "torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [

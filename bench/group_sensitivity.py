@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tfquant.convert import prepare_qdq  # noqa: E402
+from tfquant.convert import open_input, prepare_qdq  # noqa: E402
 from tfquant.policy import QuantPolicy  # noqa: E402
 from tfquant.sensitivity import make_switchable  # noqa: E402
 
@@ -27,7 +27,7 @@ def main():
     windows = int(sys.argv[2]) if len(sys.argv) > 2 else 4
     flags = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     policy = QuantPolicy.from_flags(**flags)  # the int8 policy; prepare_qdq stops before lowering
-    prep = prepare_qdq(src, policy, observer="mse", progress=False)
+    prep = prepare_qdq(open_input(src), policy, observer="mse", progress=False)
     ops = prep.quantized_ops
     sw = make_switchable(prep.graph, ops, prep.model, prep.model.captures, prep.batches[:windows])
 

@@ -15,13 +15,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
-from tfquant.convert import tokenizer_for_model  # noqa: E402
-from tfquant.data import load_eval_items  # noqa: E402
+from tfquant.data import load_eval_items, tokenizer_for  # noqa: E402
+from tfquant.modeldir import locate  # noqa: E402
 
 
 def main():
     n, paths = int(sys.argv[1]), sys.argv[2:]
-    tok = tokenizer_for_model(paths[0])
+    tok, _ = tokenizer_for(locate(paths[0]))
     items = load_eval_items("austen")[:n]
     fns = [tf.saved_model.load(p).signatures["serving_default"] for p in paths]
     correct = np.zeros((len(paths), n), bool)

@@ -59,9 +59,10 @@ def main():
     import tensorflow as tf
 
     from tfquant.benchmark import LoadedModel, ModelSpec, timed_round_robin
+    from tfquant.modeldir import locate
     from tfquant.machine import describe
 
-    loaded = {n: LoadedModel(ModelSpec(name=n, role="", path=p, given=p, tokenizer_dir=p)) for n, p in models.items()}
+    loaded = {n: LoadedModel(ModelSpec(name=n, role="", folder=locate(p))) for n, p in models.items()}
     batch = eval_batch(os.path.join(args.fp32, "tokenizer"))
     logp = {}
     for n, m in loaded.items():

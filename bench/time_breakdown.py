@@ -154,11 +154,12 @@ def main():
     import numpy as np
 
     from tfquant.benchmark import LoadedModel, ModelSpec
+    from tfquant.modeldir import locate
     from tfquant.machine import describe as machine_info
 
     named = [m.split("=", 1) if "=" in m else [os.path.basename(m.rstrip("/")), m] for m in args.models]
     names, args.models = [n for n, _ in named], [d for _, d in named]
-    models = [LoadedModel(ModelSpec(name=n, role="", path=p, given=p, tokenizer_dir=p)) for n, p in named]
+    models = [LoadedModel(ModelSpec(name=n, role="", folder=locate(p))) for n, p in named]
     ids = np.random.RandomState(0).randint(0, 49000, (1, args.seq_len)).astype(np.int32)
     walls = wall_latency(models, ids, args.rounds)
     result = {"seq_len": args.seq_len, "rounds": args.rounds, "profiled_runs": PROFILED_RUNS, "models": {}}

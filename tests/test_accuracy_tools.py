@@ -194,17 +194,17 @@ def test_smoothing_alone_leaves_the_fp32_output_unchanged(tiny_gptj, random_batc
     """SmoothQuant only rescales: X @ W == (X / s) @ (s * W), up to float rounding."""
     from tfquant import savedmodel
     from tfquant.calibrate import activation_tensors, calibrate, matmul_inputs
-    from tfquant.convert import calibration_batches
+    from tfquant.convert import open_input
     from tfquant.graph import Graph
     from tfquant.policy import QuantPolicy
     from tfquant.smooth import apply_smoothing
 
-    model = savedmodel.extract(tiny_gptj)
+    inp = open_input(tiny_gptj, calib_samples=2, seq_len=32)
+    model = inp.model
     graph = Graph(model.graph_def)
     tensors = activation_tensors(graph)
     runner = savedmodel.build_function(model.graph_def, model, model.captures, {t: t for t in tensors})
-    batches = calibration_batches(model, tiny_gptj, None, 2, 32)
-    ranges = calibrate(runner, batches, tensors, progress=False, per_channel=matmul_inputs(graph))
+    ranges = calibrate(runner, inp.batches, tensors, progress=False, per_channel=matmul_inputs(graph))
     new_ranges, rows = apply_smoothing(graph, ranges, lambda t: model.weight_value(graph, t),
                                        QuantPolicy.from_flags(), alpha=0.5)
     assert len(rows) == 7  # per layer: ln_1 output (q/k/v/fc_in), attention context, MLP hidden; + lm_head input
@@ -250,11 +250,12 @@ def test_measured_fallback_picks_the_most_sensitive_ops(convert, tiny_gptj):
 
 def test_sensitivity_masks_switch_ops_exactly(tiny_gptj):
     """With an all-zero mask the instrumented graph is the fp32 model (KL 0); all ones equals full QDQ (KL > 0)."""
-    from tfquant.convert import prepare_qdq
+    from tfquant.convert import open_input, prepare_qdq
     from tfquant.policy import QuantPolicy
     from tfquant.sensitivity import make_switchable
 
-    prep = prepare_qdq(tiny_gptj, QuantPolicy.from_flags(output_format="qdq"), calib_samples=2, seq_len=16, progress=False)
+    inp = open_input(tiny_gptj, calib_samples=2, seq_len=16)
+    prep = prepare_qdq(inp, QuantPolicy.from_flags(output_format="qdq"), progress=False)
     sw = make_switchable(prep.graph, prep.quantized_ops, prep.model, prep.model.captures, prep.batches[:1])
     n = len(sw.ops)
     assert sw.kl(np.zeros(n, np.float32)) == pytest.approx(0.0, abs=1e-9)

@@ -98,20 +98,23 @@ def test_format_table_and_inc_block_are_pure():
 # --------------------------------------------------------------------------- model folders (no TF)
 
 def test_model_folder_detection(tmp_path, tiny_gptj):
+    from tfquant import modeldir
+
     out = tmp_path / "q"
     shutil.copytree(tiny_gptj, out / "model")
+    os.remove(out / "model" / "tfquant_model.json")
     src = tmp_path / "src"
     src.mkdir()
     (src / "tfquant_model.json").write_text(json.dumps({"config": {"max_position_embeddings": 2048}}))
     (out / "report.json").write_text(json.dumps({"input_model": str(src), "policy": {"itex_mode": True}}))
-    path = bench.resolve_model_dir(str(out), "--quantized_model")
-    assert path == str(out / "model")
-    assert bench.resolve_model_dir(str(out / "model"), "--quantized_model") == path
-    report = bench.conversion_report(path)
-    assert bench.runtime_env(path, report) == {"ITEX_TF_CONSTANT_FOLDING": "0"}
-    assert bench.model_max_positions(path, report) == (2048, str(src / "tfquant_model.json"))
+    folder = modeldir.locate(str(out), "--quantized_model")
+    assert folder.saved_model == str(out / "model")
+    assert modeldir.locate(str(out / "model"), "--quantized_model").saved_model == folder.saved_model
+    report = modeldir.conversion_report(folder)
+    assert bench.runtime_env(folder.saved_model, report) == {"ITEX_TF_CONSTANT_FOLDING": "0"}
+    assert modeldir.max_positions(folder, report) == (2048, str(src / "tfquant_model.json"))
     assert bench.runtime_env(tiny_gptj, None) == {}
-    assert bench.model_max_positions(tiny_gptj, None) == (None, None)
+    assert modeldir.max_positions(modeldir.locate(tiny_gptj), None) == (256, os.path.join(tiny_gptj, "tfquant_model.json"))
 
 
 # --------------------------------------------------------------------------- end to end
@@ -231,26 +234,26 @@ def test_bad_model_paths(tmp_path, capsys, no_input_ids_model, tiny_gptj):
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = _bench(["--input_model", str(empty)], capsys)
-    assert_one_line_error(code, err, "is not a SavedModel")
+    assert_one_line_error(code, err, "is not a TensorFlow SavedModel folder")
     code, _, err = _bench(["--input_model", str(tmp_path / "missing")], capsys)
     assert_one_line_error(code, err, "does not exist")
     code, _, err = _bench(["--input_model", tiny_gptj, "--quantized_model", no_input_ids_model, "--no_accuracy",
                            "--no_memory", "--output", str(tmp_path / "r.json")], capsys)
-    assert_one_line_error(code, err, "has no input 'input_ids'")
+    assert_one_line_error(code, err, "has no 'input_ids' input")
     code, _, err = _bench([], capsys)
     assert_one_line_error(code, err, "--input_model is required")
 
 
 def test_seq_len_over_the_position_limit(tiny_gptj, tmp_path, capsys):
     # limit unknown beforehand (no config beside the model): the first forward's error names it
-    code, _, err = _bench(["--input_model", tiny_gptj, "--seq_len", "300", "--no_accuracy", "--no_memory",
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_gptj, bare)
+    os.remove(bare / "tfquant_model.json")
+    code, _, err = _bench(["--input_model", str(bare), "--seq_len", "300", "--no_accuracy", "--no_memory",
                            "--output", str(tmp_path / "r.json")], capsys)
     assert_one_line_error(code, err, "longer than the model accepts (256 positions)")
-    # limit known from tfquant_model.json: refused before anything is loaded
-    with_cfg = tmp_path / "with_cfg"
-    shutil.copytree(tiny_gptj, with_cfg)
-    (with_cfg / "tfquant_model.json").write_text(json.dumps({"config": {"n_positions": 256}}))
-    code, _, err = _bench(["--input_model", str(with_cfg), "--seq_len", "300"], capsys)
+    # limit known from tfquant_model.json (prepare_model writes it): refused before anything is loaded
+    code, _, err = _bench(["--input_model", tiny_gptj, "--seq_len", "300"], capsys)
     assert_one_line_error(code, err, "--seq_len 300 is longer than fp32 allows (256 positions")
 
 

@@ -51,7 +51,7 @@ def odd_models(tmp_path_factory):
 
 def test_missing_model(tmp_path, capsys):
     code, err = quantize(["--input_model", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out")], capsys)
-    assert_one_line_error(code, err, "not found")
+    assert_one_line_error(code, err, "does not exist")
     assert not (tmp_path / "out").exists()
 
 
@@ -158,7 +158,7 @@ def test_dump_graph_from_saved_model(tiny_gptj, tmp_path):
     gd = read_graph_def(str(tmp_path / "d.pb"))
     assert sum(n.op == "MatMul" for n in gd.node) == 13
     res = run_tool("dump_graph_from_saved_model.py", "--input_model", str(tmp_path / "missing"), "--output", str(tmp_path / "e.pb"))
-    assert res.returncode == 2 and "not found" in res.stderr
+    assert res.returncode == 2 and "does not exist" in res.stderr
 
 
 def test_every_shipped_recipe_resolves_to_a_valid_policy():

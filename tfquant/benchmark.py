@@ -47,6 +47,10 @@ from typing import Dict, List, Optional, Sequence
 
 from .errors import UserError, run_cli
 from .fsutil import cache_root, sha256_file
+from .savedmodel import LOGITS_KEY, SIGNATURE_KEY
+from .data import encode
+from .feeds import check_inputs, check_token_ids, make_feeds
+from .modeldir import ModelFolder, conversion_report, locate, max_positions, own_tokenizer, read_json
 
 SCHEMA = "tfquant.benchmark/1"
 DEFAULT_OUTPUT = "benchmark_results.json"
@@ -61,7 +65,6 @@ INC_VARIANTS = {
     "inc-smoothquant": {"row": "INC int8 + SmoothQuant", "smooth_alpha": 0.5,
                         "kind": "INC 3.x [SmoothQuantConfig(alpha=0.5), StaticQuantConfig()] int8"},
 }
-POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
 
 
 # ----------------------------------------------------------------------------- interval math (pure)
@@ -194,9 +197,8 @@ def format_inc_block(model: dict) -> str:
 class ModelSpec:
     name: str
     role: str  # "fp32" | "quantized" | "peer"
-    path: str  # the SavedModel folder (holds saved_model.pb)
-    given: str  # what the user passed
-    tokenizer_dir: str  # where tokenizer_for_model looks for tokenizer/
+    folder: ModelFolder  # where the SavedModel is, and where its tokenizer and config are looked for
+    tokenizer: Optional[str] = None  # tokenizer folder or tokenizer.json; None: GPT-2 BPE
     report: Optional[dict] = None
     max_positions: Optional[int] = None
     max_positions_source: Optional[str] = None
@@ -204,58 +206,13 @@ class ModelSpec:
     kind: str = "fp32"
     extra: dict = field(default_factory=dict)
 
+    @property
+    def path(self) -> str:
+        return self.folder.saved_model
 
-def resolve_model_dir(path: str, flag: str) -> str:
-    """``OUT`` (a tfquant.quantize output) or the SavedModel folder itself -> the SavedModel folder."""
-    if not path:
-        raise UserError(f"{flag} needs a folder")
-    if not os.path.exists(path):
-        raise UserError(f"{flag} {path} does not exist")
-    if not os.path.isdir(path):
-        raise UserError(f"{flag} {path} is not a folder (pass a SavedModel folder)")
-    nested = os.path.join(path, "model")
-    if os.path.isfile(os.path.join(nested, "saved_model.pb")):
-        return os.path.abspath(nested)
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        raise UserError(f"{flag} {path} is not a SavedModel (no saved_model.pb in it or in {nested})")
-    return os.path.abspath(path)
-
-
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def conversion_report(model_dir: str) -> Optional[dict]:
-    """``report.json`` of a tfquant.quantize output (beside ``model/``), if any."""
-    if os.path.basename(model_dir.rstrip(os.sep)) == "model":
-        return _read_json(os.path.join(os.path.dirname(model_dir.rstrip(os.sep)), "report.json"))
-    return None
-
-
-def _positions_in(folder: str) -> tuple:
-    for fname in ("tfquant_model.json", "config.json"):
-        data = _read_json(os.path.join(folder, fname))
-        if not data:
-            continue
-        for cfg in (data.get("config"), data):
-            if isinstance(cfg, dict):
-                for key in POSITION_KEYS:
-                    if isinstance(cfg.get(key), int) and cfg[key] > 0:
-                        return cfg[key], os.path.join(folder, fname)
-    return None, None
-
-
-def model_max_positions(model_dir: str, report: Optional[dict]) -> tuple:
-    """(position limit, where it was read) from files beside the model or beside its input model."""
-    limit, src = _positions_in(model_dir)
-    if limit is None and report and isinstance(report.get("input_model"), str):
-        limit, src = _positions_in(report["input_model"])
-    return limit, src
+    @property
+    def given(self) -> str:
+        return self.folder.given
 
 
 _STOCK_QUANTIZED_OP = re.compile(rb"(?<!_Mkl)Quantized(?:MatMul|Conv2D)With")
@@ -303,16 +260,16 @@ def _label(model_dir: str) -> str:
 
 
 def make_spec(given: str, flag: str, role: str, name: Optional[str], taken: set) -> ModelSpec:
-    path = resolve_model_dir(given, flag)
-    report = conversion_report(path)
-    limit, src = model_max_positions(path, report)
-    env = runtime_env(path, report)
-    name = name or _label(path)
+    folder = locate(given, flag)
+    report = conversion_report(folder)
+    limit, src = max_positions(folder, report)
+    env = runtime_env(folder.saved_model, report)
+    name = name or _label(folder.saved_model)
     base, i = name, 2
     while name in taken:
         name, i = f"{base} #{i}", i + 1
     taken.add(name)
-    return ModelSpec(name=name, role=role, path=path, given=given, tokenizer_dir=path, report=report,
+    return ModelSpec(name=name, role=role, folder=folder, tokenizer=own_tokenizer(folder), report=report,
                      max_positions=limit, max_positions_source=src, env=env, kind=_model_kind(report, env, role))
 
 
@@ -364,7 +321,7 @@ class ResultCache:
         key = f"{fingerprint[:24]}-{dataset}-tf{tf_version}-v{CACHE_VERSION}"
         self.path = os.path.join(cache_dir(), re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".json")
         self.entries: Dict[str, dict] = {}
-        data = _read_json(self.path)
+        data = read_json(self.path)
         if data and data.get("fingerprint") == fingerprint and isinstance(data.get("items"), dict):
             self.entries = data["items"]
         self.dirty = False
@@ -398,14 +355,6 @@ class ResultCache:
 _OUT_OF_RANGE = re.compile(r"indices\[[^\]]*\] = (-?\d+) is not in \[0, (\d+)\)")
 
 
-def _encode(tok, text: str) -> List[int]:
-    try:
-        enc = tok.encode(text, add_special_tokens=False)
-    except TypeError:
-        enc = tok.encode(text)
-    return list(getattr(enc, "ids", enc))
-
-
 @dataclass
 class TokItem:
     id: str
@@ -416,8 +365,8 @@ class TokItem:
 def tokenize_items(items, tok) -> List[TokItem]:
     out = []
     for it in items:
-        ctx = _encode(tok, it.context)
-        tgt = _encode(tok, " " + it.target)
+        ctx = encode(tok, it.context)
+        tgt = encode(tok, " " + it.target)
         if not ctx or not tgt:
             raise UserError(f"eval item {it.id} tokenizes to an empty context or target")
         out.append(TokItem(it.id, ctx + tgt, len(tgt)))
@@ -440,51 +389,41 @@ def _token_hash(seq: Sequence[int], n_target: int) -> str:
 
 
 class LoadedModel:
-    """A SavedModel's serving signature, called with numpy int32 token ids."""
+    """A SavedModel's signature, called with numpy int32 token ids; the other inputs are derived (tfquant.feeds)."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, signature: str = SIGNATURE_KEY, tokenizer=None):
         import tensorflow as tf
-
-        from .models import OUTPUT_KEY, SIGNATURE_KEY
 
         self.spec = spec
         self.tf = tf
+        self.tokenizer = tokenizer  # set by the benchmark run; the models sharing one share the timing group
         try:
             self.obj = tf.saved_model.load(spec.path)
         except Exception as exc:  # corrupt protobuf, missing variables, unknown ops ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"cannot load the SavedModel {spec.given}: {first[:300]}") from None
         sigs = getattr(self.obj, "signatures", {}) or {}
-        if SIGNATURE_KEY not in sigs:
-            raise UserError(f"{spec.given} has no '{SIGNATURE_KEY}' signature (signatures: {sorted(sigs) or 'none'})")
-        self.fn = sigs[SIGNATURE_KEY]
-        inputs = self.fn.structured_input_signature[1]
-        if "input_ids" not in inputs:
-            raise UserError(f"the '{SIGNATURE_KEY}' signature of {spec.given} has no input 'input_ids' "
-                            f"(inputs: {sorted(inputs)})")
-        unknown = sorted(set(inputs) - {"input_ids", "attention_mask"})
-        if unknown:
-            raise UserError(f"the serving signature of {spec.given} has inputs tfquant cannot feed: {unknown} "
-                            "(supported: input_ids, attention_mask)")
-        self.has_mask = "attention_mask" in inputs
+        if signature not in sigs:
+            raise UserError(f"{spec.given} has no '{signature}' signature (signatures: {', '.join(sorted(sigs)) or 'none'}; "
+                            "choose one with --signature)")
+        self.fn = sigs[signature]
+        self.input_specs = self.fn.structured_input_signature[1]
+        check_inputs(self.input_specs, f"the '{signature}' signature of {spec.given}")
         outputs = self.fn.structured_outputs
-        if isinstance(outputs, dict) and OUTPUT_KEY in outputs:
-            self.out_key = OUTPUT_KEY
+        if isinstance(outputs, dict) and LOGITS_KEY in outputs:
+            self.out_key = LOGITS_KEY
         elif isinstance(outputs, dict) and len(outputs) == 1:
             self.out_key = next(iter(outputs))  # e.g. INC's re-exported graph names it 'Identity'
         else:
-            raise UserError(f"the serving signature of {spec.given} has no '{OUTPUT_KEY}' output "
+            raise UserError(f"the '{signature}' signature of {spec.given} has no '{LOGITS_KEY}' output "
                             f"(outputs: {sorted(outputs) if isinstance(outputs, dict) else outputs})")
+        last = outputs[self.out_key].shape
+        self.vocab = int(last[-1]) if last.rank and last[-1] is not None else None
         self.max_positions = spec.max_positions
-        self.vocab = None
 
     def _call(self, ids):
-        tf = self.tf
-        t = tf.constant(ids, dtype=tf.int32)
-        feeds = {"input_ids": t}
-        if self.has_mask:
-            feeds["attention_mask"] = tf.ones_like(t)
-        return self.fn(**feeds)[self.out_key]
+        feeds = make_feeds(self.input_specs, ids)
+        return self.fn(**{k: self.tf.constant(v) for k, v in feeds.items()})[self.out_key]
 
     def forward(self, ids):
         """Logits for int32 ids [batch, time]; out-of-range gathers become UserErrors naming the limit."""
@@ -506,8 +445,7 @@ class LoadedModel:
                 return PositionLimit(self.spec.name, t, limit)
             if np.any(np.asarray(ids) == bad):
                 return UserError(f"{self.spec.name}: token id {bad} is outside the model's embedding table of {limit} "
-                                 "rows (is the model's tokenizer the one tfquant picked? put it in a tokenizer/ "
-                                 "folder beside saved_model.pb)")
+                                 "rows: pass the model's own tokenizer with --tokenizer")
         first = (msg.strip().splitlines() or [type(exc).__name__])[0]
         return RuntimeError(f"{self.spec.name}: forward of shape {tuple(np.shape(ids))} failed: {first}")
 
@@ -601,9 +539,9 @@ def bench_tokens(tok, batch: int, seq_len: int):
 
     text = read_text(default_calibration_text_path())
     need = batch * seq_len
-    ids = _encode(tok, text[: max(4096, need * 16)])
+    ids = encode(tok, text[: max(4096, need * 16)])
     if len(ids) < need:
-        ids = _encode(tok, text)
+        ids = encode(tok, text)
     arr = np.resize(np.asarray(ids, dtype=np.int32), need)  # repeats the text if it is too short
     return arr.reshape(batch, seq_len)
 
@@ -628,20 +566,18 @@ def timed_round_robin(models: List[LoadedModel], ids, warmup: int, iters: int) -
 
 # ----------------------------------------------------------------------------- subprocess modes
 
-def probe_memory(model_dir: str, seq_len: int) -> dict:
+def probe_memory(model_dir: str, seq_len: int, signature: str) -> dict:
     """Hidden ``--_probe_memory``: load one model, run one 1 x seq_len forward, report peak RSS."""
     import resource
 
     import numpy as np
 
-    path = resolve_model_dir(model_dir, "--_probe_memory")
-    report = conversion_report(path)
-    apply_runtime_env([runtime_env(path, report)])
+    folder = locate(model_dir, "--_probe_memory")
+    apply_runtime_env([runtime_env(folder.saved_model, conversion_report(folder))])
     import tensorflow  # noqa: F401  (imported here, after the env vars, so its RSS is the baseline)
 
     rss_import = _current_rss_mb()
-    spec = ModelSpec(name=_label(path), role="probe", path=path, given=model_dir, tokenizer_dir=path)
-    model = LoadedModel(spec)
+    model = LoadedModel(ModelSpec(name=_label(folder.saved_model), role="probe", folder=folder), signature)
     rss_loaded = _current_rss_mb()
     ids = np.random.RandomState(0).randint(0, 256, size=(1, seq_len)).astype(np.int32)
     model.forward(ids)
@@ -682,8 +618,9 @@ def _subprocess_env() -> dict:
     return env
 
 
-def measure_memory(spec: ModelSpec, seq_len: int) -> dict:
-    cmd = [sys.executable, "-m", "tfquant.benchmark", "--_probe_memory", spec.path, "--seq_len", str(seq_len)]
+def measure_memory(spec: ModelSpec, seq_len: int, signature: str) -> dict:
+    cmd = [sys.executable, "-m", "tfquant.benchmark", "--_probe_memory", spec.path, "--seq_len", str(seq_len),
+           "--signature", signature]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_subprocess_env(), timeout=1800)
     except subprocess.TimeoutExpired:
@@ -720,11 +657,10 @@ def inc_quantize(src: str, dst: str, seq_len: int, variant: str = "inc") -> dict
         from neural_compressor.tensorflow import SmoothQuantConfig, StaticQuantConfig, quantize_model
     except ImportError:
         raise UserError("--compare inc needs neural-compressor: pip install .[inc]") from None
-    from .convert import tokenizer_for_model
-    from .data import default_calibration_text_path, read_text, token_windows
+    from .data import default_calibration_text_path, read_text, token_windows, tokenizer_for
 
-    windows = token_windows(read_text(default_calibration_text_path()), tokenizer_for_model(src),
-                            INC_CALIB_SAMPLES, seq_len)
+    tokenizer, _ = tokenizer_for(locate(src))
+    windows = token_windows(read_text(default_calibration_text_path()), tokenizer, INC_CALIB_SAMPLES, seq_len)
     alpha = INC_VARIANTS[variant]["smooth_alpha"]
     configs = ([SmoothQuantConfig(alpha=alpha)] if alpha is not None else []) + [StaticQuantConfig()]
     t0 = time.perf_counter()
@@ -760,7 +696,7 @@ def run_inc_peer(fp32: ModelSpec, workdir: str, taken: set, quiet: bool, variant
         raise RuntimeError(f"INC quantization failed (exit {proc.returncode}): {last[:300]} (full log: {log_path})")
     os.remove(log_path)
     spec = make_spec(dst, f"--compare {variant}", "peer", INC_VARIANTS[variant]["row"], taken)
-    spec.tokenizer_dir = fp32.tokenizer_dir
+    spec.tokenizer = fp32.tokenizer
     spec.max_positions, spec.max_positions_source = fp32.max_positions, fp32.max_positions_source
     spec.kind = INC_VARIANTS[variant]["kind"]
     spec.extra["inc"] = result
@@ -777,9 +713,13 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv=None):
     p = _Parser(prog="python -m tfquant.benchmark", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_model", help="fp32 SavedModel folder (the baseline; required)")
+    p.add_argument("--input_model", help="fp32 SavedModel folder, or a folder holding saved_model/<version>/ "
+                                         "(the baseline; required)")
     p.add_argument("--quantized_model", action="append", default=[],
                    help="quantized SavedModel folder, or a tfquant.quantize --output_dir (repeatable)")
+    p.add_argument("--signature", default=SIGNATURE_KEY, help=f"the signature to run (default {SIGNATURE_KEY})")
+    p.add_argument("--tokenizer", help="tokenizer folder or tokenizer.json for every model (default: each model "
+                                       "folder's own tokenizer, else GPT-2 BPE)")
     p.add_argument("--dataset", default="austen", help="austen (shipped, default) or lambada (needs --data_dir)")
     p.add_argument("--data_dir", help="local LAMBADA copy for --dataset lambada")
     p.add_argument("--samples", default="200", help="number of eval items (the first N), or 'all' (default 200)")
@@ -937,7 +877,7 @@ def main(argv=None) -> int:
 
     if args._probe_memory:  # hidden subprocess modes
         seq_len = _int_arg(args.seq_len, "--seq_len", 1)
-        print(PROBE_MARKER + json.dumps(probe_memory(args._probe_memory, seq_len)), flush=True)
+        print(PROBE_MARKER + json.dumps(probe_memory(args._probe_memory, seq_len, args.signature)), flush=True)
         return 0
     if args._inc_quantize:
         seq_len = _int_arg(args.seq_len, "--seq_len", 1)
@@ -977,9 +917,13 @@ def main(argv=None) -> int:
     if compare and importlib.util.find_spec("neural_compressor") is None:
         raise UserError(f"--compare {compare[0]} needs neural-compressor: pip install .[inc]")
 
+    if args.tokenizer and not os.path.exists(args.tokenizer):
+        raise UserError(f"tokenizer not found: {args.tokenizer}")
     taken: set = set()
     fp32 = make_spec(args.input_model, "--input_model", "fp32", "fp32", taken)
     specs = [fp32] + [make_spec(q, "--quantized_model", "quantized", None, taken) for q in args.quantized_model]
+    for s in specs if args.tokenizer else ():
+        s.tokenizer = os.path.abspath(args.tokenizer)
     apply_runtime_env([s.env for s in specs])  # before anything can import TensorFlow
     for s in specs:
         if s.max_positions and seq_len > s.max_positions:
@@ -1010,47 +954,46 @@ def _run(args, specs: List[ModelSpec], items, samples, batch_size, seq_len, warm
         _log("set for this run (all models share the process): " + ", ".join(f"{k}={v}" for k, v in applied.items()))
     import tensorflow as tf
 
-    from .convert import tokenizer_for_model
+    from .data import gpt2_tokenizer, load_tokenizer
     from .fsutil import dir_size_bytes
 
+    tokenizers: Dict[Optional[str], object] = {}  # tokenizer path (None: GPT-2 BPE) -> tokenizer
+    for s in specs:
+        if s.tokenizer not in tokenizers:
+            tokenizers[s.tokenizer] = load_tokenizer(s.tokenizer) if s.tokenizer else gpt2_tokenizer()
     _log(f"loading {len(specs)} model(s) ...")
-    models = [LoadedModel(s) for s in specs]
-    tokenizers: Dict[str, object] = {}
-    for m in models:
-        key = os.path.join(m.spec.tokenizer_dir, "tokenizer")
-        key = key if os.path.isdir(key) else "gpt2"
-        if key not in tokenizers:
-            tokenizers[key] = tokenizer_for_model(m.spec.tokenizer_dir)
-        m.tok = tokenizers[key]
-        m.tok_key = key
+    models = [LoadedModel(s, args.signature, tokenizers[s.tokenizer]) for s in specs]
 
-    # first forward at the latency shape: catches a seq_len over an unknown position limit early
     lat_ids = {k: bench_tokens(t, 1, seq_len) for k, t in tokenizers.items()}
+    titems = {k: tokenize_items(items, t) for k, t in tokenizers.items()} if items is not None else {}
+    for m in models:  # token ids the model has no row for: one clear line before any forward
+        top = max([int(lat_ids[m.spec.tokenizer].max())] + [max(t.ids) for t in titems.get(m.spec.tokenizer, [])])
+        check_token_ids(top, m.vocab, "benchmark", f"{m.spec.name}'s '{m.out_key}' output")
+    # first forward at the latency shape: catches a seq_len over an unknown position limit early
     for m in models:
-        m.forward(lat_ids[m.tok_key])
+        m.forward(lat_ids[m.spec.tokenizer])
 
     entries = []
     per_item = {}
     if items is not None:
-        titems = {k: tokenize_items(items, t) for k, t in tokenizers.items()}
         for m in models:
             cache = None
             if m.spec.role == "fp32" and not args.no_cache:
                 cache = ResultCache(model_fingerprint(m.spec.path), args.dataset, tf.__version__)
-            res = score_items(m, titems[m.tok_key], cache, progress=not args.quiet)
+            res = score_items(m, titems[m.spec.tokenizer], cache, progress=not args.quiet)
             res["cache_path"] = cache.path if cache else None
             per_item[m.spec.name] = res
 
     gens = {}
     if gen_tokens:
         for m in models:
-            prompt_ids = _encode(m.tok, args.prompt)
-            gens[m.spec.name] = greedy_generate(m, m.tok, prompt_ids, gen_tokens)
+            prompt_ids = encode(m.tokenizer, args.prompt)
+            gens[m.spec.name] = greedy_generate(m, m.tokenizer, prompt_ids, gen_tokens)
 
     _log(f"latency: {iters} round(s) of 1 x {seq_len} tokens, {warmup} warm-up run(s) per model ...")
-    groups: Dict[str, List[LoadedModel]] = {}
+    groups: Dict[Optional[str], List[LoadedModel]] = {}  # models fed the same ids are timed round robin together
     for m in models:
-        groups.setdefault(m.tok_key, []).append(m)
+        groups.setdefault(m.spec.tokenizer, []).append(m)
     lat_ms, tput_ms = {}, {}
     for key, group in groups.items():
         for m, t in zip(group, timed_round_robin(group, lat_ids[key], warmup, iters)):
@@ -1070,7 +1013,7 @@ def _run(args, specs: List[ModelSpec], items, samples, batch_size, seq_len, warm
     if not args.no_memory:
         for s in specs:
             _log(f"peak RSS of {s.name} (fresh process) ...")
-            mem[s.name] = measure_memory(s, seq_len)
+            mem[s.name] = measure_memory(s, seq_len, args.signature)
 
     fp32 = specs[0]
     fp32_size = dir_size_bytes(fp32.path)
@@ -1170,9 +1113,9 @@ def _run(args, specs: List[ModelSpec], items, samples, batch_size, seq_len, warm
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(main))
-
-
 def _console():  # console_scripts entry point
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    _console()

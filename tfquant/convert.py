@@ -6,99 +6,117 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-import numpy as np
-
 from . import savedmodel
 from .calibrate import activation_tensors, calibrate, matmul_inputs
+from .data import GPT2_SOURCE, CalibrationSet, calibration_set, tokenizer_for
 from .errors import UserError
+from .feeds import check_token_ids, make_feeds
 from .fsutil import atomic_output_dir, check_output_dir, dir_size_bytes
 from .graph import Graph
 from .graphio import write_graph_def
+from .modeldir import CONFIG_FILES, REPORT_JSON, TFQUANT_MODEL_SUBDIR as MODEL_SUBDIR, ModelFolder, locate, max_positions
 from .policy import (DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_PER_CHANNEL_MIN_SPREAD,
                      DEFAULT_TOKEN_OUTLIER_THRESHOLD, QuantPolicy)
 from .report import write_json
 from .quantizers import Skip
 from .rewrite import insert_qdq, plan_all, settle_weight_granularity
+from .savedmodel import SIGNATURE_KEY
 
 EXTRACTED_PB = "extracted_graph_def.pb"
 CONVERTED_PB = "converted_graph_def.pb"
-REPORT_JSON = "report.json"
-MODEL_SUBDIR = "model"
 
 
-def tokenizer_for_model(model_dir: str):
-    """The model's own tokenizer when the SavedModel folder carries one, else GPT-2 BPE (GPT-J's)."""
-    own = os.path.join(model_dir, "tokenizer")
-    if os.path.isdir(own):
-        from transformers import AutoTokenizer
+@dataclass
+class ModelInput:
+    """The user's model and calibration data, checked against each other before any long work."""
 
-        return AutoTokenizer.from_pretrained(own)
-    from .data import gpt2_tokenizer
+    folder: ModelFolder
+    model: savedmodel.ExtractedModel
+    tokenizer: object
+    calibration: CalibrationSet
+    batches: list                # one feed dict per calibration window, every signature input filled
 
-    return gpt2_tokenizer()
-
-
-def make_feeds(model: savedmodel.ExtractedModel, ids: np.ndarray) -> dict:
-    feeds = {"input_ids": ids.astype(np.int32)}
-    for name in model.inputs:
-        if name == "attention_mask":
-            feeds[name] = np.ones_like(feeds["input_ids"])
-        elif name != "input_ids":
-            raise UserError(f"the serving signature has an input '{name}' tfquant does not know how to feed "
-                            "(supported: input_ids, attention_mask)")
-    return feeds
+    def describe(self) -> dict:
+        return {"input_model": os.path.abspath(self.folder.given), "saved_model": self.folder.saved_model,
+                "found_by": self.folder.note, "signature": self.model.signature,
+                "inputs": {k: v.dtype.name for k, v in sorted(self.model.input_specs.items())},
+                "outputs": sorted(self.model.outputs)}
 
 
-def calibration_batches(model, model_dir: str, calib_text: Optional[str], calib_samples: int, seq_len: int):
-    from .data import default_calibration_text_path, read_text, token_windows
+def open_input(src: str, *, signature: str = SIGNATURE_KEY, tokenizer: Optional[str] = None,
+               calib_dataset: Optional[str] = None, data_dir: Optional[str] = None, calib_text: Optional[str] = None,
+               calib_samples: int = 16, seq_len: int = 128) -> ModelInput:
+    """Locate and extract the model, build the calibration windows, check ids and length against the model.
 
-    text = read_text(calib_text or default_calibration_text_path())
-    windows = token_windows(text, tokenizer_for_model(model_dir), calib_samples, seq_len)
-    return [make_feeds(model, w) for w in windows]
+    File-level mistakes (folder, tokenizer, data, length) are found before TensorFlow loads the model.
+    """
+    folder = locate(src)
+    tok, tok_source = tokenizer_for(folder, tokenizer)
+    calib = calibration_set(tok, tok_source, calib_dataset, data_dir, calib_text, calib_samples, seq_len)
+    limit, limit_source = max_positions(folder)
+    if limit is not None and seq_len > limit:
+        raise UserError(f"--seq_len {seq_len} is longer than the model's {limit} positions ({limit_source})")
+    model = savedmodel.extract(folder.saved_model, signature)
+    vocab, vocab_source = savedmodel.vocabulary_size(model)
+    check_token_ids(calib.max_token_id, vocab, "calibration", vocab_source)
+    batches = [make_feeds(model.input_specs, w) for w in calib.windows]
+    return ModelInput(folder, model, tok, calib, batches)
 
 
 @dataclass
 class Prepared:
     """Everything up to and including QDQ insertion (shared by conversion and sensitivity analysis)."""
 
-    model: savedmodel.ExtractedModel
+    input: ModelInput
     policy: QuantPolicy
     graph: Graph                 # the QDQ graph
     before: dict                 # op histogram of the extracted graph
     ranges: dict                 # as calibrated (before smoothing)
     result: object               # rewrite.RewriteResult
     smoothing: list
-    batches: list
     timings: dict
+
+    @property
+    def model(self) -> savedmodel.ExtractedModel:
+        return self.input.model
+
+    @property
+    def batches(self) -> list:
+        return self.input.batches
 
     @property
     def quantized_ops(self):
         return [q["op"] for q in self.result.quantized]
 
 
-def prepare_qdq(src: str, policy: Optional[QuantPolicy] = None, *, calib_text: Optional[str] = None,
-                calib_samples: int = 16, seq_len: int = 128, observer: str = "minmax", progress: bool = True,
-                model: Optional[savedmodel.ExtractedModel] = None, ranges: Optional[dict] = None,
-                fallback_ops: Iterable[str] = ()) -> Prepared:
-    """extract -> calibrate -> plan -> insert QDQ.  ``model``/``ranges`` skip work already done;
+def _calibrate(inp: ModelInput, graph: Graph, policy: QuantPolicy, observer: str, progress: bool) -> dict:
+    import tensorflow as tf
+
+    model = inp.model
+    tensors = activation_tensors(graph, include_concat=not policy.concat_skip_reason)
+    runner = savedmodel.build_function(model.graph_def, model, model.captures, {t_: t_ for t_ in tensors})
+    needs_channels = policy.outlier_threshold or policy.smooth_alpha or policy.token_outlier_threshold
+    channel_stats = matmul_inputs(graph) if needs_channels else ()
+    try:
+        return calibrate(runner, inp.batches, tensors, observer=observer, progress=progress, per_channel=channel_stats)
+    except tf.errors.InvalidArgumentError as exc:  # an index past a table: positions or vocabulary
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"the model rejected the calibration windows ({first[:200]}): is --seq_len longer than its "
+                        "positions, or --tokenizer not its tokenizer?") from None
+
+
+def prepare_qdq(inp: ModelInput, policy: Optional[QuantPolicy] = None, *, observer: str = "minmax",
+                progress: bool = True, ranges: Optional[dict] = None, fallback_ops: Iterable[str] = ()) -> Prepared:
+    """calibrate -> plan -> insert QDQ.  ``ranges`` skips calibration already done;
     ``fallback_ops`` are kept in fp32 (the measured-fallback decision)."""
     policy = policy or QuantPolicy.from_flags()
+    model = inp.model
     timings = {}
-    if model is None:
-        t = time.perf_counter()
-        model = savedmodel.extract(src)
-        timings["extract"] = time.perf_counter() - t
-    t = time.perf_counter()
-    batches = calibration_batches(model, src, calib_text, calib_samples, seq_len)
     graph = Graph(model.graph_def)
     before = graph.op_histogram()
     if ranges is None:
-        tensors = activation_tensors(graph, include_concat=not policy.concat_skip_reason)
-        runner = savedmodel.build_function(model.graph_def, model, model.captures, {t_: t_ for t_ in tensors})
-        needs_channels = policy.outlier_threshold or policy.smooth_alpha or policy.token_outlier_threshold
-        channel_stats = matmul_inputs(graph) if needs_channels else ()
-        ranges = calibrate(runner, batches, tensors, observer=observer, progress=progress, per_channel=channel_stats)
-        del runner
+        t = time.perf_counter()
+        ranges = _calibrate(inp, graph, policy, observer, progress)
         timings["calibrate"] = time.perf_counter() - t
     weight_values = lambda tensor: model.weight_value(graph, tensor)  # noqa: E731
     planned_ranges, smoothing = ranges, []
@@ -116,7 +134,7 @@ def prepare_qdq(src: str, policy: Optional[QuantPolicy] = None, *, calib_text: O
 
         decisions = fuse_shared_input_matmuls(graph, decisions, weight_values)
     result = insert_qdq(graph, decisions, weight_values, weights_as_const=policy.weights_as_const)
-    return Prepared(model, policy, graph, before, ranges, result, smoothing, batches, timings)
+    return Prepared(inp, policy, graph, before, ranges, result, smoothing, timings)
 
 
 def measured_fallback(prep: Prepared, budget_kl: float, max_ops: int, kl_samples: int, progress: bool) -> dict:
@@ -140,12 +158,19 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
                       smooth_alpha: float = 0.0,
                       fallback_kl: float = 0.0,
                       fallback_max_ops: int = 16, fallback_windows: int = 2,
+                      signature: str = SIGNATURE_KEY, tokenizer: Optional[str] = None,
+                      calib_dataset: Optional[str] = None, data_dir: Optional[str] = None,
                       calib_text: Optional[str] = None, calib_samples: int = 16, seq_len: int = 128,
                       observer: str = "mse", simplify: bool = True, overwrite: bool = False,
                       progress: bool = True) -> dict:
     """Quantize the SavedModel at ``src`` and write the result under ``dst``.
 
-    ``dst`` receives ``model/`` (the converted SavedModel, same signature), ``extracted_graph_def.pb``,
+    ``src`` is a SavedModel folder, a folder holding ``saved_model/<version>/`` (Hugging Face's
+    ``save_pretrained(saved_model=True)``) or a tfquant output.  ``signature`` is converted and kept
+    under its name with every input and output.  ``tokenizer`` (a folder or tokenizer.json) overrides
+    the model's own; calibration reads ``calib_dataset`` (austen, lambada with ``data_dir``, a .txt or
+    .jsonl file) or ``calib_text``.
+    ``dst`` receives ``model/`` (the converted SavedModel), ``extracted_graph_def.pb``,
     ``converted_graph_def.pb`` and ``report.json``; it appears only when everything succeeded.
     ``fallback_kl`` > 0 keeps the most sensitive ops in fp32 until the output KL on the calibration
     windows is within that budget (never with ``performance_only``).  Returns the report.
@@ -160,18 +185,22 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     if fallback_kl < 0 or fallback_max_ops < 0 or fallback_windows <= 0:
         raise UserError("fallback budget and op count must be >= 0 and fallback windows > 0")
     check_output_dir(dst, overwrite)  # before minutes of work, not after
-    calib = dict(calib_text=calib_text, calib_samples=calib_samples, seq_len=seq_len, observer=observer, progress=progress)
-    prep = prepare_qdq(src, policy, **calib)
-    timings = dict(prep.timings)
+    t = time.perf_counter()
+    inp = open_input(src, signature=signature, tokenizer=tokenizer, calib_dataset=calib_dataset, data_dir=data_dir,
+                     calib_text=calib_text, calib_samples=calib_samples, seq_len=seq_len)
+    extract_s = time.perf_counter() - t
+    prep = prepare_qdq(inp, policy, observer=observer, progress=progress)
+    timings = {"extract": extract_s, **prep.timings}
     fallback = None
     if fallback_kl > 0 and policy.allow_fallback and prep.quantized_ops:
         fallback = measured_fallback(prep, fallback_kl, fallback_max_ops, fallback_windows, progress)
         timings["fallback"] = fallback["seconds"]
         if fallback["ops"]:
-            prep = prepare_qdq(src, policy, model=prep.model, ranges=prep.ranges, fallback_ops=fallback["ops"], **calib)
+            prep = prepare_qdq(inp, policy, observer=observer, progress=progress, ranges=prep.ranges,
+                               fallback_ops=fallback["ops"])
 
     t = time.perf_counter()
-    model, graph, result = prep.model, prep.graph, prep.result
+    model, graph, result = inp.model, prep.graph, prep.result
     captures = dict(model.captures)
     lowered = None
     if policy.output_format == "int8":
@@ -189,10 +218,9 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     timings["rewrite"] = time.perf_counter() - t
 
     report = {
-        "input_model": os.path.abspath(src),
+        **inp.describe(),
         "policy": policy.describe(),
-        "calibration": {"samples": calib_samples, "seq_len": seq_len, "observer": observer,
-                        "text": os.path.abspath(calib_text) if calib_text else "default (tfquant/resources/austen_calib.txt)"},
+        "calibration": {**inp.calibration.describe(), "observer": observer},
         "op_histogram": {"before": prep.before, "after": graph.op_histogram()},
         "quantized": result.quantized,
         "skipped": result.skipped,
@@ -208,14 +236,24 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     with atomic_output_dir(dst, overwrite=overwrite) as tmp:
         write_graph_def(os.path.join(tmp, EXTRACTED_PB), model.graph_def, as_text=False)
         write_graph_def(os.path.join(tmp, CONVERTED_PB), converted, as_text=False)
-        savedmodel.save(converted, model, captures, os.path.join(tmp, MODEL_SUBDIR))
-        own_tokenizer = os.path.join(src, "tokenizer")
-        if os.path.isdir(own_tokenizer):
-            import shutil
-
-            shutil.copytree(own_tokenizer, os.path.join(tmp, MODEL_SUBDIR, "tokenizer"))
+        out_model = os.path.join(tmp, MODEL_SUBDIR)
+        savedmodel.save(converted, model, captures, out_model)
+        _keep_side_files(inp, out_model)
         timings["save"] = time.perf_counter() - t
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-        report["size_bytes"] = {"input": dir_size_bytes(src), "output": dir_size_bytes(os.path.join(tmp, MODEL_SUBDIR))}
+        report["size_bytes"] = {"input": dir_size_bytes(inp.folder.saved_model), "output": dir_size_bytes(out_model)}
         write_json(os.path.join(tmp, REPORT_JSON), report)
     return report
+
+
+def _keep_side_files(inp: ModelInput, out_model: str) -> None:
+    """The tokenizer calibration used and the model's config travel with the converted model, so the
+    benchmark and generation find them there as they did beside the original."""
+    import shutil
+
+    if inp.calibration.tokenizer != GPT2_SOURCE:
+        inp.tokenizer.save_pretrained(os.path.join(out_model, "tokenizer"))
+    for name in CONFIG_FILES:
+        found = inp.folder.find(name)
+        if found and os.path.isfile(found):
+            shutil.copyfile(found, os.path.join(out_model, name))

