@@ -1,7 +1,7 @@
 """KL(fp32 || quantized) of next-token distributions with only one group of MatMuls quantized.
 
 How the default outlier recipe was chosen (README "Real weights"): one switchable QDQ graph
-(tfquant.sensitivity.make_switchable), masks that quantize every op, only the ops whose name contains a
+(tfquant.fallback.make_switchable), masks that quantize every op, only the ops whose name contains a
 group key (q_proj, down_proj, ...), or all but them; optionally one layer at a time.
 
     .venv/bin/python bench/group_sensitivity.py FP32_SAVED_MODEL [WINDOWS=4] ['{"outlier_threshold": 3.0, ...}']
@@ -13,11 +13,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _bootstrap  # noqa: F401
 
-from tfquant.convert import open_input, prepare_qdq  # noqa: E402
-from tfquant.policy import QuantPolicy  # noqa: E402
-from tfquant.sensitivity import make_switchable  # noqa: E402
+from tfquant.convert import open_input, prepare_qdq
+from tfquant.policy import QuantPolicy
+from tfquant.fallback import make_switchable
 
 GROUPS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 

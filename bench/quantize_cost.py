@@ -20,11 +20,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfquant.fsutil import dir_size_bytes  # noqa: E402
-from tfquant.machine import describe  # noqa: E402
+import _bootstrap  # noqa: F401
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tfquant.fsutil import atomic_write_json, dir_size_bytes
+from tfquant.machine import describe
+
+ROOT = _bootstrap.ROOT
 PEAK_RSS_TARGET = 2.5  # x the fp32 weight bytes
 
 
@@ -53,11 +54,12 @@ def main():
     work = args.workdir or tempfile.mkdtemp(prefix="tfquant-bench-")
     model, out = os.path.join(work, "fp32"), os.path.join(work, "q")
     py = sys.executable
-    t = time.perf_counter()
+    prepare_s = None  # a model kept in --workdir from an earlier run is not exported again
     if not os.path.isdir(model):
+        t = time.perf_counter()
         subprocess.run([py, "tools/prepare_model.py", "--config", args.config, "--output_dir", model], cwd=ROOT,
                        check=True, capture_output=True)
-    prepare_s = time.perf_counter() - t
+        prepare_s = round(time.perf_counter() - t, 1)
     weights = dir_size_bytes(os.path.join(model, "variables"))
     wall, peak_mb = run_measured([py, "-m", "tfquant.quantize", "--input_model", model, "--output_dir", out,
                                   "--format", args.format, "--quiet", "--overwrite"])
@@ -82,13 +84,11 @@ def main():
         "peer_for_scale": {"tool": "INC 3.10 quantize_model", "model": "random GPT-J 4 layers, n_embd 512 (64M params)",
                            "wall_s": 131, "peak_rss_mb": 7800,
                            "how": "earlier session, AMD EPYC 2 cores, /usr/bin/time around quantize_model"},
-        "prepare_model_s": round(prepare_s, 1),
+        "prepare_model_s": prepare_s,
         "machine": {**describe(), "cpus": os.cpu_count()},
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as fh:
-        json.dump(result, fh, indent=2)
-        fh.write("\n")
+    atomic_write_json(args.output, result)
     print(json.dumps(result, indent=2))
 
 

@@ -2,51 +2,35 @@
 
 A random GPT-J (4 layers, n_embd 1024, vocab 50400 by default) is exported, quantized by tfquant
 (default int8 lowering), optionally also by Intel Neural Compressor (--inc, when installed), and the
-models are timed round-robin (each iteration runs every model once) at batch 1 x 128 and 1 x 512
-tokens, so the ratios come from the same minutes of a noisy machine.
+models are timed round-robin (each round runs every model once, rotating the order) at batch 1 x 128 and
+1 x 512 tokens, so the ratios come from the same minutes of a noisy machine.  Loading, timing and INC's
+quantization (in its own process, calibrated with the model's own tokenizer) are tfquant.benchmark's.
 
     .venv/bin/python bench/speed.py [--config configs/gptj-1024.yaml] [--seq_lens 128 512] [--iters 20] [--inc]
     ITEX_PY bench/speed.py --itex      (a Python with intel-extension-for-tensorflow[cpu]: fp32 vs itex_mode under ITEX)
 """
 import argparse
-import json
+import importlib.util
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import _bootstrap  # noqa: F401
+
+from tfquant.benchmark import LoadedModel, ModelSpec, timed_round_robin
+from tfquant.benchmark.children import quantize_with_inc
+from tfquant.benchmark.peers import INC_CALIB_SEQ_LEN
+from tfquant.benchmark.stats import latency_summary
+from tfquant.fsutil import atomic_write_json, dir_size_bytes
+from tfquant.modeldir import locate
+
+ROOT = _bootstrap.ROOT
 
 
-def quantize_with_inc(src, dst, calib_windows):
-    """INC 3.x static int8 (per-tensor min/max), the peer the issue compares against."""
-    import tensorflow as tf
-    from neural_compressor.tensorflow import StaticQuantConfig, quantize_model
-
-    class Loader:
-        batch_size = 1
-
-        def __iter__(self):
-            for w in calib_windows:
-                yield {"input_ids": w, "attention_mask": (w * 0 + 1)}, None
-
-    t = time.perf_counter()
-    q = quantize_model(src, StaticQuantConfig(), calib_dataloader=Loader(), calib_iteration=len(calib_windows))
-    q.save(dst)
-    return time.perf_counter() - t
-
-
-def dir_size(path):
-    from tfquant.fsutil import dir_size_bytes
-
-    return dir_size_bytes(path)
-
-
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "gptj-1024.yaml"))
     p.add_argument("--seq_lens", type=int, nargs="+", default=[128, 512])
@@ -61,17 +45,12 @@ def main():
                         "(and the default int8 model), with ITEX_TF_CONSTANT_FOLDING=0 as ITEX's QDQ fusion needs")
     p.add_argument("--fp32_model", help="time this existing fp32 SavedModel instead of a random GPT-J from --config")
     p.add_argument("--vocab", type=int, default=50400, help="token ids are drawn below this (default 50400)")
-    args = p.parse_args()
-    if args.itex:
-        import importlib.util
+    return p.parse_args()
 
-        if importlib.util.find_spec("intel_extension_for_tensorflow") is None:
-            sys.exit("error: --itex needs intel-extension-for-tensorflow[cpu] installed in this Python")
-        os.environ["ITEX_TF_CONSTANT_FOLDING"] = "0"  # before TensorFlow (and ITEX) is imported
-        if "--itex_mode" not in args.extra:
-            args.extra = ["--itex_mode", *args.extra]
-    work = args.workdir or tempfile.mkdtemp(prefix="tfquant-speed-")
-    os.makedirs(work, exist_ok=True)
+
+def prepare_models(args, work):
+    """{row name: SavedModel folder}: fp32 (exported from --config unless given), tfquant int8, the --extra
+    row, and INC's int8 (with its quantization time in ``notes``); each is reused when already in ``work``."""
     py = sys.executable
     fp32 = os.path.abspath(args.fp32_model) if args.fp32_model else os.path.join(work, "fp32")
     if not os.path.exists(fp32):
@@ -88,48 +67,61 @@ def main():
             subprocess.run([py, "-m", "tfquant.quantize", "--input_model", fp32, "--output_dir", tq2, "--quiet", *args.extra],
                            cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         models["tfquant " + " ".join(args.extra)] = os.path.join(tq2, "model")
-
-    import numpy as np
-    import tensorflow as tf
-
-    from tfquant.machine import describe
-    from tfquant.data import default_calibration_text_path, gpt2_tokenizer, read_text, token_windows
-
     notes = {}
     if args.inc:
         inc_dir = os.path.join(work, "inc")
         if not os.path.exists(inc_dir):
-            windows = token_windows(read_text(default_calibration_text_path()), gpt2_tokenizer(), 16, 128)
-            notes["inc_quantize_s"] = round(quantize_with_inc(fp32, inc_dir, windows), 1)
+            result = quantize_with_inc(locate(fp32).saved_model, inc_dir, INC_CALIB_SEQ_LEN, "inc",
+                                       log_path=os.path.join(work, "inc.log"))
+            notes["inc_quantize_s"] = round(result["seconds"], 1)
         models["INC 3.x int8"] = inc_dir
+    return models, notes
 
-    fns = {name: tf.saved_model.load(path).signatures["serving_default"] for name, path in models.items()}
+
+def time_models(models, args):
+    """{"1xS": {row name: median/p90/mean/ratio_vs_fp32}} for every --seq_lens S, random ids below --vocab."""
+    import numpy as np
+
+    loaded = [LoadedModel(ModelSpec(name=n, role="", folder=locate(p))) for n, p in models.items()]
     rs = np.random.RandomState(0)
-    results = {"models": {n: {"path": p, "size_bytes": dir_size(p)} for n, p in models.items()}, "latency_ms": {}}
+    latency = {}
     for seq in args.seq_lens:
-        ids = tf.constant(rs.randint(0, args.vocab, size=(1, seq)).astype(np.int32))
-        mask = tf.ones_like(ids)
-        for fn in fns.values():
-            for _ in range(args.warmup):
-                fn(input_ids=ids, attention_mask=mask)
-        times = {n: [] for n in fns}
-        for _ in range(args.iters):  # round robin: every model sees the same machine state
-            for n, fn in fns.items():
-                t = time.perf_counter()
-                next(iter(fn(input_ids=ids, attention_mask=mask).values())).numpy()  # INC names it 'Identity'
-                times[n].append((time.perf_counter() - t) * 1000)
+        ids = rs.randint(0, args.vocab, size=(1, seq)).astype(np.int32)
+        times = timed_round_robin(loaded, ids, args.warmup, args.iters)
         row = {}
-        for n, ts in times.items():
-            ts.sort()
-            row[n] = {"median": round(statistics.median(ts), 2), "p90": round(ts[int(0.9 * (len(ts) - 1))], 2),
-                      "mean": round(statistics.mean(ts), 2)}
+        for m, ts in zip(loaded, times):
+            s = latency_summary(ts)
+            row[m.spec.name] = {"median": round(s["median"], 2), "p90": round(s["p90"], 2), "mean": round(s["mean"], 2)}
         base = row["fp32"]["median"]
-        for n in row:
-            row[n]["ratio_vs_fp32"] = round(row[n]["median"] / base, 3)
-        results["latency_ms"][f"1x{seq}"] = row
+        for r in row.values():
+            r["ratio_vs_fp32"] = round(r["median"] / base, 3)
+        latency[f"1x{seq}"] = row
+    return latency
+
+
+def main():
+    args = parse_args()
+    if args.inc and importlib.util.find_spec("neural_compressor") is None:
+        sys.exit("error: --inc needs neural-compressor installed in this Python (pip install .[inc])")
+    if args.itex:
+        if importlib.util.find_spec("intel_extension_for_tensorflow") is None:
+            sys.exit("error: --itex needs intel-extension-for-tensorflow[cpu] installed in this Python")
+        os.environ["ITEX_TF_CONSTANT_FOLDING"] = "0"  # before TensorFlow (and ITEX) is imported
+        if "--itex_mode" not in args.extra:
+            args.extra = ["--itex_mode", *args.extra]
+    work = args.workdir or tempfile.mkdtemp(prefix="tfquant-speed-")
+    os.makedirs(work, exist_ok=True)
+    models, notes = prepare_models(args, work)
+
+    import tensorflow as tf
+
+    from tfquant.machine import describe
+
+    results = {"models": {n: {"path": p, "size_bytes": dir_size_bytes(p)} for n, p in models.items()},
+               "latency_ms": time_models(models, args)}
     base_size = results["models"]["fp32"]["size_bytes"]
-    for n in results["models"]:
-        results["models"][n]["size_ratio"] = round(results["models"][n]["size_bytes"] / base_size, 3)
+    for m in results["models"].values():
+        m["size_ratio"] = round(m["size_bytes"] / base_size, 3)
     results.update({
         "config": args.fp32_model or os.path.relpath(args.config, ROOT), "iters": args.iters, "warmup": args.warmup, "notes": notes,
         "machine": {**describe(), "cpus": os.cpu_count(), "tf": tf.__version__, "python": platform.python_version(),
@@ -138,9 +130,7 @@ def main():
         "date": time.strftime("%Y-%m-%d"),
     })
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as fh:
-        json.dump(results, fh, indent=2)
-        fh.write("\n")
+    atomic_write_json(args.output, results)
     print(format_table(results))
 
 
@@ -154,6 +144,7 @@ def _itex_version():
 
 
 def format_table(results):
+    """The README's table: one median (ratio) column per sequence length, then the size."""
     lines = ["| model | " + " | ".join(f"1x{s} median ms (ratio)" for s in [k.split("x")[1] for k in results["latency_ms"]])
              + " | size MB (ratio) |", "|---|" + "---|" * (len(results["latency_ms"]) + 1)]
     for n, m in results["models"].items():

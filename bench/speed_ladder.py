@@ -9,15 +9,17 @@ the next-token distributions on 6 x 256 tokens of the evaluation passages (a che
     .venv/bin/python bench/speed_ladder.py [--fp32 /tmp/tfquant-smollm2/fp32] [--rounds 40]
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import _bootstrap  # noqa: F401
+
+from tfquant.fsutil import atomic_write_json
+
+ROOT = _bootstrap.ROOT
 
 LADDER = [
     ("default", []),
@@ -28,14 +30,15 @@ LADDER = [
 ]
 
 
-def eval_batch(tokenizer_dir):
+def eval_batch(fp32_dir):
+    """6 x 256 ids of the first 400 evaluation passages, with the fp32 model's own tokenizer."""
     import numpy as np
-    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    with open(os.path.join(ROOT, "tfquant", "resources", "austen_eval.jsonl"), encoding="utf-8") as f:
-        items = [json.loads(line) for line in f][:400]
-    ids = tok(" ".join(it["context"] + " " + it["target"] for it in items))["input_ids"]
+    from tfquant.data import encode, load_eval_items, tokenizer_for
+    from tfquant.modeldir import locate
+
+    tok, _ = tokenizer_for(locate(fp32_dir))
+    ids = encode(tok, " ".join(it.context + " " + it.target for it in load_eval_items("austen")[:400]))
     return np.array([ids[i * 256:(i + 1) * 256] for i in range(6)], np.int32)
 
 
@@ -55,26 +58,22 @@ def main():
                             "--quiet", *flags], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         models[name] = os.path.join(out, "model")
 
-    import numpy as np
     import tensorflow as tf
 
     from tfquant.benchmark import LoadedModel, ModelSpec, timed_round_robin
+    from tfquant.divergence import log_softmax, mean_kl
     from tfquant.modeldir import locate
     from tfquant.machine import describe
 
     loaded = {n: LoadedModel(ModelSpec(name=n, role="", folder=locate(p))) for n, p in models.items()}
-    batch = eval_batch(os.path.join(args.fp32, "tokenizer"))
-    logp = {}
-    for n, m in loaded.items():
-        logits = m.forward(batch).numpy().astype(np.float64)
-        logits -= logits.max(-1, keepdims=True)
-        logp[n] = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    batch = eval_batch(args.fp32)
+    logp = {n: log_softmax(m.forward(batch).numpy()) for n, m in loaded.items()}
     # round robin, rotating the order: every model sees the same machine state
     times = dict(zip(loaded, timed_round_robin(list(loaded.values()), batch[:1, :128], warmup=3, iters=args.rounds)))
     base = statistics.median(times["fp32"])
     rows = {}
     for n in loaded:
-        kl = float((np.exp(logp["fp32"]) * (logp["fp32"] - logp[n])).sum(-1).mean())
+        kl = mean_kl([logp["fp32"]], [logp[n]])
         top1 = float((logp[n].argmax(-1) == logp["fp32"].argmax(-1)).mean())
         med = statistics.median(times[n])
         rows[n] = {"latency_median_ms": round(med, 2), "ratio_vs_fp32": round(med / base, 3),
@@ -83,8 +82,7 @@ def main():
               "kl_tokens": int(batch.size), "machine": {**describe(), "tf": tf.__version__},
               "date": time.strftime("%Y-%m-%d")}
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+    atomic_write_json(args.output, result, indent=1)
     print("| model | latency 1x128 median ms (ratio) | KL(fp32 ‖ int8) | top-1 agreement |\n|---|---|---|---|")
     for n, r in rows.items():
         print(f"| {n} | {r['latency_median_ms']} ({r['ratio_vs_fp32']:.3f}) | {r['kl_vs_fp32']:.4f} | {r['top1_agreement']:.3f} |")

@@ -24,16 +24,17 @@ The committed results (bench/results/smollm2_time_breakdown.json) come from
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import _bootstrap  # noqa: F401
+
+from tfquant.fsutil import atomic_write_json
+
+ROOT = _bootstrap.ROOT
 
 DEFAULT_MODELS = ["fp32=/tmp/tfquant-smollm2/fp32", "tfquant default=/tmp/tfquant-smollm2/tfquant-default/model"]
 PROFILED_RUNS = 9
@@ -172,8 +173,7 @@ def main():
     result["machine"] = machine_info()
     result["date"] = time.strftime("%Y-%m-%d")
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as fh:
-        json.dump(result, fh, indent=1)
+    atomic_write_json(args.output, result, indent=1)
 
     cats = []
     for row in result["models"].values():

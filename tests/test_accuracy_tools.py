@@ -252,7 +252,7 @@ def test_sensitivity_masks_switch_ops_exactly(tiny_gptj):
     """With an all-zero mask the instrumented graph is the fp32 model (KL 0); all ones equals full QDQ (KL > 0)."""
     from tfquant.convert import open_input, prepare_qdq
     from tfquant.policy import QuantPolicy
-    from tfquant.sensitivity import make_switchable
+    from tfquant.fallback import make_switchable
 
     inp = open_input(tiny_gptj, calib_samples=2, seq_len=16)
     prep = prepare_qdq(inp, QuantPolicy.from_flags(output_format="qdq"), progress=False)

@@ -259,7 +259,7 @@ def test_seq_len_over_the_position_limit(tiny_gptj, tmp_path, capsys):
 
 def test_optional_dependencies_missing(tiny_gptj, tmp_path, capsys, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(bench.importlib.util, "find_spec",
+    monkeypatch.setattr(bench.cli.importlib.util, "find_spec",
                         lambda name, *a: None if name in ("matplotlib", "neural_compressor") else real(name, *a))
     code, _, err = _bench(["--input_model", tiny_gptj, "--chart", str(tmp_path / "c.png")], capsys)
     assert_one_line_error(code, err, "pip install matplotlib")

@@ -316,7 +316,7 @@ def write_gptj_checkpoint(model, folder, shards=1, dtype=np.float32):
 
 
 @pytest.fixture(scope="module")
-def tiny_gptj():
+def gptj_keras():
     from tfquant.models import build_gptj_random
 
     return build_gptj_random(GPTJ_FIELDS, seed=3)
@@ -328,16 +328,16 @@ def _gptj_logits(model, ids):
 
 
 @pytest.mark.parametrize("shards", [1, 3])
-def test_gptj_checkpoint_roundtrip(tmp_path, tiny_gptj, shards):
+def test_gptj_checkpoint_roundtrip(tmp_path, gptj_keras, shards):
     from tfquant.models import load_gptj_checkpoint
 
-    write_gptj_checkpoint(tiny_gptj, tmp_path / "ckpt", shards=shards)
+    write_gptj_checkpoint(gptj_keras, tmp_path / "ckpt", shards=shards)
     loaded = load_gptj_checkpoint(str(tmp_path / "ckpt"))
     ids = [3, 14, 15, 92, 65, 35, 8]
-    np.testing.assert_array_equal(_gptj_logits(loaded, ids), _gptj_logits(tiny_gptj, ids))
+    np.testing.assert_array_equal(_gptj_logits(loaded, ids), _gptj_logits(gptj_keras, ids))
 
 
-def test_gptj_checkpoint_bf16(tmp_path, tiny_gptj):
+def test_gptj_checkpoint_bf16(tmp_path, gptj_keras):
     """BF16 safetensors (numpy has no bfloat16) are widened to float32."""
     import struct
 
@@ -351,13 +351,13 @@ def test_gptj_checkpoint_bf16(tmp_path, tiny_gptj):
     np.testing.assert_array_equal(_read_safetensors(str(path))["x"], vals)
 
 
-def test_gptj_checkpoint_errors(tmp_path, tiny_gptj):
+def test_gptj_checkpoint_errors(tmp_path, gptj_keras):
     from tfquant.models import load_gptj_checkpoint
 
     with pytest.raises(UserError, match="not found"):
         load_gptj_checkpoint(str(tmp_path / "nope"))
     ck = tmp_path / "ck"
-    write_gptj_checkpoint(tiny_gptj, ck)
+    write_gptj_checkpoint(gptj_keras, ck)
     os.remove(ck / "model.safetensors")
     with pytest.raises(UserError, match="has no model.safetensors"):
         load_gptj_checkpoint(str(ck))
@@ -373,8 +373,8 @@ def test_gptj_checkpoint_errors(tmp_path, tiny_gptj):
     from safetensors.numpy import save_file
 
     ck2 = tmp_path / "ck2"
-    write_gptj_checkpoint(tiny_gptj, ck2)
-    state = tf_gptj_to_pt_state(tiny_gptj)
+    write_gptj_checkpoint(gptj_keras, ck2)
+    state = tf_gptj_to_pt_state(gptj_keras)
     state["transformer.h.0.attn.q_proj.weight"] = state["transformer.h.0.attn.q_proj.weight"][:, :-1].copy()
     save_file(state, str(ck2 / "model.safetensors"))
     with pytest.raises(UserError, match="q_proj.weight has shape"):
@@ -411,17 +411,17 @@ def test_prepare_model_gguf_in_process(tmp_path, tiny_gguf):
     assert sorted(os.listdir(tmp_path)) == ["sm"]  # no temporary folders left beside it
 
 
-def test_prepare_model_checkpoint_in_process(tmp_path, tiny_gptj):
+def test_prepare_model_checkpoint_in_process(tmp_path, gptj_keras):
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     try:
         import prepare_model
     finally:
         sys.path.pop(0)
-    write_gptj_checkpoint(tiny_gptj, tmp_path / "ckpt")
+    write_gptj_checkpoint(gptj_keras, tmp_path / "ckpt")
     out = tmp_path / "gj"
     assert prepare_model.main(["--checkpoint", str(tmp_path / "ckpt"), "--output_dir", str(out)]) == 0
     ids = [1, 2, 3, 4, 5]
-    np.testing.assert_allclose(_serving_logits(str(out), ids), _gptj_logits(tiny_gptj, ids)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_serving_logits(str(out), ids), _gptj_logits(gptj_keras, ids)[0], rtol=1e-5, atol=1e-5)
     assert json.loads((out / "tfquant_model.json").read_text())["architecture"] == "gptj"
 
 
@@ -468,10 +468,10 @@ def _cli_cases(tmp, gptj_model):
     }
 
 
-def test_prepare_model_cli_errors(tmp_path, tiny_gptj):
+def test_prepare_model_cli_errors(tmp_path, gptj_keras):
     """Each mistake: exit 2, exactly one line on stderr (TF is not even imported), no output folder."""
     write_tiny_gguf(tmp_path / "tiny.gguf", make_llama_weights())
-    cases = _cli_cases(tmp_path, tiny_gptj)
+    cases = _cli_cases(tmp_path, gptj_keras)
     before = set(os.listdir(tmp_path))
     for name, (args, expect) in cases.items():
         if "--output_dir" not in args:

@@ -17,9 +17,10 @@ HF_GPTJ = dict(n_positions=128, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)
 def save_pretrained_gptj(directory, vocab_size, seed=0):
     """A tiny random GPT-J written the way users write one: save_pretrained(DIR, saved_model=True)."""
     import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(seed)  # touch tf.keras before transformers sets TF_USE_LEGACY_KERAS
     from transformers import GPTJConfig, TFGPTJForCausalLM
+    from transformers.modeling_tf_utils import keras  # the Keras 2 transformers uses (tf.keras may not import)
+
+    keras.utils.set_random_seed(seed)
 
     model = TFGPTJForCausalLM(GPTJConfig(vocab_size=vocab_size, **HF_GPTJ))
     model(tf.constant([[1, 2, 3]], tf.int32))

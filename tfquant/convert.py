@@ -139,7 +139,7 @@ def prepare_qdq(inp: ModelInput, policy: Optional[QuantPolicy] = None, *, observ
 
 def measured_fallback(prep: Prepared, budget_kl: float, max_ops: int, kl_samples: int, progress: bool) -> dict:
     """Rank ops by sensitivity on the calibration windows and pick the fp32 set that meets the KL budget."""
-    from .sensitivity import make_switchable, rank_ops, select_fallback
+    from .fallback import make_switchable, rank_ops, select_fallback
 
     t = time.perf_counter()
     sw = make_switchable(prep.graph, prep.quantized_ops, prep.model, prep.model.captures, prep.batches[:kl_samples])

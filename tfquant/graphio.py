@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 from .errors import UserError
+from .fsutil import atomic_write_bytes
 
 
 def read_graph_def(path: str):
@@ -33,15 +33,6 @@ def write_graph_def(path: str, graph_def, as_text: bool) -> None:
     from google.protobuf import text_format
 
     data = text_format.MessageToString(graph_def).encode() if as_text else graph_def.SerializeToString(deterministic=True)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise UserError(f"folder of output {path} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(path, data)

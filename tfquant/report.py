@@ -1,7 +1,7 @@
 """The conversion report: what changed in the graph, what was quantized, what was skipped and why."""
 from __future__ import annotations
 
-import json
+from .fsutil import atomic_write_json
 from collections import Counter
 from typing import Dict
 
@@ -15,9 +15,7 @@ def human_bytes(n: float) -> str:
 
 
 def write_json(path: str, report: dict) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, sort_keys=True)
-        fh.write("\n")
+    atomic_write_json(path, report, indent=2, sort_keys=True)
 
 
 def format_summary(report: dict) -> str:

@@ -24,13 +24,13 @@ import subprocess
 import sys
 import tempfile
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # runnable as a script from a checkout
-    sys.path.insert(0, REPO_ROOT)
+import _bootstrap  # noqa: F401
 
-from tfquant import evalset  # noqa: E402
-from tfquant.fsutil import sha256_file  # noqa: E402
-from tfquant.errors import UserError, run_cli  # noqa: E402
+from tfquant import evalset
+from tfquant.errors import UserError, run_cli
+from tfquant.fsutil import atomic_write_text, sha256_file
+
+REPO_ROOT = _bootstrap.ROOT
 
 PACKAGE = "r-cran-janeaustenr"
 # The five novels that provide evaluation items ...
@@ -94,18 +94,6 @@ def describe_source(deb: str | None, tree: str) -> dict:
                 if line.startswith("Version:"):
                     info["upstream_version"] = line.split(":", 1)[1].strip()
     return info
-
-
-def write_file(path: str, text: str) -> None:
-    """Write via a temporary file + rename, so an interrupted run never leaves half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def recipe(source: dict, counts: dict, n_items: int, calib_chars: int, calib_words: int, sums: dict) -> str:
@@ -186,11 +174,11 @@ def build(rdx_path: str, rdb_path: str, output: str, source: dict) -> dict:
     os.makedirs(output, exist_ok=True)
     eval_path = os.path.join(output, "austen_eval.jsonl")
     calib_path = os.path.join(output, "austen_calib.txt")
-    write_file(eval_path, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
-    write_file(calib_path, calib)
+    atomic_write_text(eval_path, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
+    atomic_write_text(calib_path, calib)
     sums = {os.path.basename(p): sha256_file(p) for p in (eval_path, calib_path)}
     counts = {b: len(it) for b, it in zip(EVAL_BOOKS, per_book)}
-    write_file(
+    atomic_write_text(
         os.path.join(output, "AUSTEN_RECIPE.md"),
         recipe(source, counts, len(items), len(calib), len(calib.split()), sums),
     )

@@ -1,0 +1,7 @@
+"""Make `python bench/X.py` work from a checkout without installing tfquant (the same file as tools/_bootstrap.py)."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
