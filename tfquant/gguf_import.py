@@ -401,10 +401,10 @@ def model_info(tok_info: Dict[str, Any], config) -> Dict[str, Any]:
     }
 
 
-def prepare_from_gguf(gguf: str, output_dir: str, overwrite: bool = False) -> str:
+def prepare_from_gguf(gguf: str, output_dir: str, overwrite: bool = False, cache: bool = False) -> str:
     """``--gguf FILE|default``: write the serving SavedModel, ``tokenizer/`` and ``tfquant_model.json``."""
     from .fsutil import check_output_dir
-    from .models import export_serving_savedmodel, write_model_info
+    from .models import export_serving_savedmodel
 
     path = resolve_gguf_path(gguf)
     check_output_dir(output_dir, overwrite)  # before the expensive part
@@ -414,6 +414,5 @@ def prepare_from_gguf(gguf: str, output_dir: str, overwrite: bool = False) -> st
 
     def extras(tmp: str) -> None:
         tokenizer.save_pretrained(os.path.join(tmp, TOKENIZER_SUBDIR))
-        write_model_info(tmp, info)
 
-    return export_serving_savedmodel(model, output_dir, overwrite=overwrite, extras=extras)
+    return export_serving_savedmodel(model, output_dir, overwrite=overwrite, extras=extras, info=info, cache=cache)

@@ -4,8 +4,10 @@ Every model tfquant handles is served the same way:
 
     serving_default(input_ids: int32[None, None], attention_mask: int32[None, None]) -> {"logits": float32}
 
-which is what ``tools/prepare_model.py`` writes and what ``tfquant.quantize`` and
-``tfquant.benchmark`` expect.
+which is what ``tfquant.quantize`` and ``tfquant.benchmark`` expect.  With ``cache=True`` (the
+default of ``tools/prepare_model.py``) ``serving_default`` also returns ``past_key_values`` and a
+``decode`` signature continues from it (``tfquant.cache_export``); ``cache=False``, the default in
+Python, writes the single signature above.
 """
 from __future__ import annotations
 
@@ -36,30 +38,38 @@ def load_yaml_config(path: str) -> dict:
     return cfg
 
 
-def build_gptj_random(gptj_fields: Mapping[str, Any], seed: int = 0):
-    """A TFGPTJForCausalLM with seeded random weights; any GPTJConfig field may be given."""
+# model_type -> (transformers config class, TF model class) of the families built from a YAML config
+RANDOM_FAMILIES = {
+    "gptj": ("GPTJConfig", "TFGPTJForCausalLM"),
+    "gpt2": ("GPT2Config", "TFGPT2LMHeadModel"),
+    "mistral": ("MistralConfig", "TFMistralForCausalLM"),
+}
+
+
+def build_random_model(kind: str, fields: Mapping[str, Any], seed: int = 0):
+    """A TF causal LM of family ``kind`` with seeded random weights; any field of its transformers config may be set."""
     import tensorflow as tf
-    from transformers import GPTJConfig, TFGPTJForCausalLM
+    import transformers
     from transformers.modeling_tf_utils import keras  # the Keras 2 that transformers itself uses
 
+    config_cls, model_cls = (getattr(transformers, name) for name in RANDOM_FAMILIES[kind])
     try:
-        config = GPTJConfig(**dict(gptj_fields))
-    except TypeError as exc:
-        raise UserError(f"bad GPT-J config: {exc}") from None
+        config = config_cls(**dict(fields))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad {kind} config: {exc}") from None
     keras.utils.set_random_seed(seed)  # seeds python, numpy and TF: same weights every run
-    model = TFGPTJForCausalLM(config)
+    model = model_cls(config)
     model(tf.constant([[1, 2]], tf.int32), attention_mask=tf.constant([[1, 1]], tf.int32))  # build weights
     return model
 
 
-def export_serving_savedmodel(model, output_dir: str, overwrite: bool = False, extras=None) -> str:
-    """Save a transformers TF causal LM with the tfquant serving signature.
+def build_gptj_random(gptj_fields: Mapping[str, Any], seed: int = 0):
+    """A TFGPTJForCausalLM with seeded random weights; any GPTJConfig field may be given."""
+    return build_random_model("gptj", gptj_fields, seed)
 
-    The model is called with ``use_cache=False`` so the graph has no past-key-values
-    plumbing; only ``logits`` is returned.  ``extras(tmp_dir)`` may add files (tokenizer,
-    model info); everything is written into a temporary folder first, so the output
-    appears whole or not at all.
-    """
+
+def _logits_only_signatures(model) -> dict:
+    """``serving_default(input_ids, attention_mask) -> {"logits"}``, the model called without a cache."""
     import tensorflow as tf
 
     @tf.function(
@@ -72,15 +82,35 @@ def export_serving_savedmodel(model, output_dir: str, overwrite: bool = False, e
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, training=False)
         return {LOGITS_KEY: out.logits}
 
+    return {SIGNATURE_KEY: serving}
+
+
+def export_serving_savedmodel(model, output_dir: str, overwrite: bool = False, extras=None,
+                              info=None, cache: bool = False) -> str:
+    """Save a transformers TF causal LM with the tfquant serving signature(s).
+
+    ``cache=False``: the model is called with ``use_cache=False`` so the graph has no past-key-values
+    plumbing; only ``logits`` is returned.  ``cache=True``: prefill and decode signatures over the same
+    variables (``tfquant.cache_export``).  ``info`` is written as ``tfquant_model.json`` with the
+    signatures added; ``extras(tmp_dir)`` may add files (tokenizer).  Everything is written into a
+    temporary folder first, so the output appears whole or not at all.
+    """
+    import tensorflow as tf
+
+    from .cache_export import cache_signatures, signatures_info
+
+    signatures = cache_signatures(model) if cache else _logits_only_signatures(model)
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
-        tf.saved_model.save(model, tmp, signatures={SIGNATURE_KEY: serving})
+        tf.saved_model.save(model, tmp, signatures=signatures)
         if extras is not None:
             extras(tmp)
+        if info is not None:
+            write_model_info(tmp, {**info, **signatures_info(model if cache else None)})
     return output_dir
 
 
 def write_model_info(directory: str, info: dict) -> None:
-    """``tfquant_model.json``: where the model came from and its config (position limit, vocabulary)."""
+    """``tfquant_model.json``: where the model came from, its config (position limit, vocabulary), its signatures."""
     import json as _json
 
     with open(os.path.join(directory, MODEL_INFO_FILE), "w", encoding="utf-8") as fh:
@@ -88,16 +118,21 @@ def write_model_info(directory: str, info: dict) -> None:
         fh.write("\n")
 
 
-def prepare_from_config(config_path: str, output_dir: str, overwrite: bool = False) -> str:
+def prepare_from_config(config_path: str, output_dir: str, overwrite: bool = False, cache: bool = False) -> str:
+    """``--config YAML``: ``model_type: gptj | gpt2 | mistral``, that family's config fields under a key of
+    the same name, and ``seed``."""
     cfg = load_yaml_config(config_path)
     kind = cfg.get("model_type", "gptj")
-    if kind != "gptj":
-        raise UserError(f"config {config_path}: model_type {kind!r} is not supported for random init (use gptj)")
-    model = build_gptj_random(cfg.get("gptj", {}), seed=int(cfg.get("seed", 0)))
+    if kind not in RANDOM_FAMILIES:
+        raise UserError(f"config {config_path}: model_type {kind!r} is not supported for random init "
+                        f"(use {', '.join(RANDOM_FAMILIES)})")
+    fields = cfg.get(kind) or {}
+    if not isinstance(fields, dict):
+        raise UserError(f"config {config_path}: {kind!r} must hold a mapping of {RANDOM_FAMILIES[kind][0]} fields")
+    model = build_random_model(kind, fields, seed=int(cfg.get("seed", 0)))
     info = {"source": os.path.abspath(config_path), "source_format": "random_init", "architecture": kind,
             "tf_class": type(model).__name__, "config": model.config.to_diff_dict()}
-    return export_serving_savedmodel(model, output_dir, overwrite=overwrite,
-                                     extras=lambda tmp: write_model_info(tmp, info))
+    return export_serving_savedmodel(model, output_dir, overwrite=overwrite, info=info, cache=cache)
 
 
 # --------------------------------------------------------------------------- GPT-J from a local HF checkpoint
@@ -299,10 +334,8 @@ def load_gptj_checkpoint(ckpt_dir: str):
     return model
 
 
-def prepare_from_checkpoint(ckpt_dir: str, output_dir: str, overwrite: bool = False) -> str:
-    """``--checkpoint DIR``: a local GPT-J checkpoint exported with the serving signature."""
-    import json as _json
-
+def prepare_from_checkpoint(ckpt_dir: str, output_dir: str, overwrite: bool = False, cache: bool = False) -> str:
+    """``--checkpoint DIR``: a local GPT-J checkpoint exported with the serving signature(s)."""
     from .fsutil import check_output_dir
 
     check_output_dir(output_dir, overwrite)
@@ -324,9 +357,8 @@ def prepare_from_checkpoint(ckpt_dir: str, output_dir: str, overwrite: bool = Fa
     def extras(tmp):
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-        write_model_info(tmp, info)
 
-    return export_serving_savedmodel(model, output_dir, overwrite=overwrite, extras=extras)
+    return export_serving_savedmodel(model, output_dir, overwrite=overwrite, extras=extras, info=info, cache=cache)
 
 
 def _checkpoint_tokenizer(ckpt_dir: str):

@@ -1,10 +1,19 @@
 #!/usr/bin/env python
-"""Write a causal LM as a TF SavedModel with tfquant's serving signature.
+"""Write a causal LM as a TF SavedModel with a KV cache: a prefill and a decode signature, one set of variables.
+
+    serving_default(input_ids int32[B,T], attention_mask int32[B,T])
+        -> {"logits" [B,T,vocab], "past_key_values" float32[n_layers, 2, B, kv_heads, T, head_dim]}
+    decode(input_ids int32[B,new], attention_mask int32[B,past+new], past_key_values [.., past, ..])
+        -> {"logits" [B,new,vocab], "past_key_values" [.., past+new, ..]}
+
+New tokens are at positions past, past+1, ... (no left padding).  --no_cache writes the single
+signature tfquant has always written (and the Python functions write by default):
 
     serving_default(input_ids int32[None,None], attention_mask int32[None,None]) -> {"logits"}
 
 Exactly one source:
-  --config YAML        random-weight GPT-J from a YAML config (model_type: gptj, gptj: {...}, seed)
+  --config YAML        random-weight model from a YAML config (model_type: gptj | gpt2 | mistral,
+                       that family's transformers config fields under a key of the same name, seed)
   --checkpoint DIR     local Hugging Face GPT-J checkpoint: config.json + model.safetensors or
                        pytorch_model.bin (or shards with their .index.json), fp32/fp16/bf16; read
                        without torch, and a .bin whose pickle holds anything but tensors is refused
@@ -37,11 +46,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="prepare_model.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", metavar="YAML", help="random GPT-J from a YAML config")
+    src.add_argument("--config", metavar="YAML", help="random GPT-J, GPT-2 or Mistral from a YAML config")
     src.add_argument("--checkpoint", metavar="DIR", help="local Hugging Face GPT-J checkpoint folder")
     src.add_argument("--gguf", metavar="FILE|default", help="llama GGUF file, or 'default' for SmolLM2-135M Q4_1")
     p.add_argument("--output_dir", required=True, metavar="DIR", help="SavedModel folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
+    p.add_argument("--no_cache", action="store_true",
+                   help="write only serving_default(input_ids, attention_mask) -> logits, without a KV cache")
     return p
 
 
@@ -50,25 +61,26 @@ def main(argv=None) -> int:
     from tfquant.fsutil import check_output_dir
 
     check_output_dir(args.output_dir, args.overwrite)
+    cache = not args.no_cache
     if args.config is not None:
         if not os.path.isfile(args.config):
             raise UserError(f"config file not found: {args.config}")
         from tfquant.models import prepare_from_config
 
-        out = prepare_from_config(args.config, args.output_dir, overwrite=args.overwrite)
+        out = prepare_from_config(args.config, args.output_dir, overwrite=args.overwrite, cache=cache)
     elif args.checkpoint is not None:
         if not os.path.isdir(args.checkpoint):
             raise UserError(f"checkpoint folder not found: {args.checkpoint}")
         from tfquant.models import prepare_from_checkpoint
 
-        out = prepare_from_checkpoint(args.checkpoint, args.output_dir, overwrite=args.overwrite)
+        out = prepare_from_checkpoint(args.checkpoint, args.output_dir, overwrite=args.overwrite, cache=cache)
     else:
         from tfquant.gguf_import import prepare_from_gguf, resolve_gguf_path
 
         path = resolve_gguf_path(args.gguf)
         if not os.path.isfile(path):
             raise UserError(f"GGUF file not found: {path}")
-        out = prepare_from_gguf(path, args.output_dir, overwrite=args.overwrite)
+        out = prepare_from_gguf(path, args.output_dir, overwrite=args.overwrite, cache=cache)
     print(f"wrote {out}")
     return 0
 
