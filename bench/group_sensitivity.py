@@ -31,16 +31,16 @@ def main():
     ops = prep.quantized_ops
     sw = make_switchable(prep.graph, ops, prep.model, prep.model.captures, prep.batches[:windows])
 
-    def mask(pred):
-        return np.array([1.0 if pred(o) else 0.0 for o in ops], np.float32)
+    def mask(key, quantized=True):
+        """1 (quantized) for the ops whose name contains ``key``, 0 for the others; the reverse if not ``quantized``."""
+        return np.array([1.0 if (key in o) == quantized else 0.0 for o in ops], np.float32)
 
     print(f"{len(ops)} ops; KL all quantized {sw.kl(np.ones(len(ops), np.float32)):.4f}", flush=True)
     for g in GROUPS:
-        only, all_but = sw.kl(mask(lambda o: g in o)), sw.kl(mask(lambda o: g not in o))
+        only, all_but = sw.kl(mask(g)), sw.kl(mask(g, quantized=False))
         print(f"{g:10s} only {only:.4f}  all-but {all_but:.4f}", flush=True)
     for layer in range(int(os.environ.get("LAYERS", "0"))):
-        key = f"layers.{layer}/"
-        print(f"layer {layer:2d} only {sw.kl(mask(lambda o: key in o)):.4f}", flush=True)
+        print(f"layer {layer:2d} only {sw.kl(mask(f'layers.{layer}/')):.4f}", flush=True)
 
 
 if __name__ == "__main__":

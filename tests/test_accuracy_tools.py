@@ -3,8 +3,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import run_logits
+
 from tfquant.calibrate import Observer, TensorRange
 from tfquant.errors import UserError
 from tfquant.quantizers.matmul import split_outlier_channels
@@ -251,8 +251,8 @@ def test_measured_fallback_picks_the_most_sensitive_ops(convert, tiny_gptj):
 def test_sensitivity_masks_switch_ops_exactly(tiny_gptj):
     """With an all-zero mask the instrumented graph is the fp32 model (KL 0); all ones equals full QDQ (KL > 0)."""
     from tfquant.convert import open_input, prepare_qdq
-    from tfquant.policy import QuantPolicy
     from tfquant.fallback import make_switchable
+    from tfquant.policy import QuantPolicy
 
     inp = open_input(tiny_gptj, calib_samples=2, seq_len=16)
     prep = prepare_qdq(inp, QuantPolicy.from_flags(output_format="qdq"), progress=False)

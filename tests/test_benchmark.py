@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from tfquant import benchmark as bench
 from tfquant.errors import run_cli
 

@@ -58,7 +58,7 @@ def exports(tmp_path_factory, tiny_gptj):
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(model_dir):
     """Plain tf.saved_model.load, once per model (the loaded object stays alive with its signatures)."""
     return tf.saved_model.load(model_dir)

@@ -192,7 +192,10 @@ def test_split_paragraphs_and_chapters():
     assert chapters[1][-1] == "FINIS"
 
 
-def _check_rule(item: dict, rule=evalset.ItemRule()) -> None:
+DEFAULT_RULE = evalset.ItemRule()
+
+
+def _check_rule(item: dict, rule=DEFAULT_RULE) -> None:
     context, target = item["context"], item["target"]
     words = context.split()
     assert rule.min_context_words <= len(words) <= rule.max_context_words

@@ -5,9 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-
-from conftest import ROOT, run_logits
+from conftest import run_logits
 
 
 def load_graph(path):

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
 from test_cli_errors import assert_one_line_error, leftovers, quantize
 

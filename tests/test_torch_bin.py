@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import ROOT, TINY_CONFIG, run_logits  # noqa: E402
+
 from tfquant.errors import UserError  # noqa: E402
 from tfquant.models import load_gptj_checkpoint, load_yaml_config, prepare_from_checkpoint  # noqa: E402
 from tfquant.torch_bin import read_torch_bin  # noqa: E402

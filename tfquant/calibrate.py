@@ -196,15 +196,12 @@ def is_float(node) -> bool:
 
 
 def activation_tensors(graph: Graph, include_concat: bool = True) -> List[str]:
-    """Float activation inputs of MatMul (input 0) and of float ConcatV2 (every data input, unless
-    the policy never quantizes ConcatV2).
+    """Float activation inputs of MatMul and of BatchMatMul by a weight (input 0) and of float ConcatV2
+    (every data input, unless the policy never quantizes ConcatV2).
 
     Sorted, so that calibration and its report are deterministic.
     """
-    wanted = set()
-    for node in graph.by_op("MatMul"):
-        if is_float(node):
-            wanted.add(canonical(node.input[0]))
+    wanted = matmul_inputs(graph)
     for node in graph.by_op("ConcatV2") if include_concat else ():
         if is_float(node):
             n = node.attr["N"].i
@@ -214,7 +211,10 @@ def activation_tensors(graph: Graph, include_concat: bool = True) -> List[str]:
 
 
 def matmul_inputs(graph: Graph) -> set:
-    return {canonical(n.input[0]) for n in graph.by_op("MatMul") if is_float(n)}
+    from .quantizers.matmul import BATCH_MATMULS, weight_matmul_activation  # quantizers import this module
+
+    found = (weight_matmul_activation(graph, n) for n in graph.by_op("MatMul", *BATCH_MATMULS))
+    return {t for t in found if t is not None}
 
 
 # ----- the loop --------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ DATASETS = ("austen", "lambada")
 # --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gpt2_tokenizer():
     """The GPT-2 BPE tokenizer (``transformers.GPT2TokenizerFast``) built from local files.
 
@@ -52,7 +52,7 @@ def gpt2_tokenizer():
     return GPT2TokenizerFast(vocab_file=vocab, merges_file=merges)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_tokenizer(path: str):
     """A Hugging Face tokenizer from a folder (``save_pretrained``) or a ``tokenizer.json`` file, offline."""
     if not os.path.exists(path):

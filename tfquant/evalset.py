@@ -150,7 +150,6 @@ class _XdrReader:
         sexptype = flags & 0xFF
         levels = flags >> 12
         has_attr = bool(flags & 0x200)
-        has_tag = bool(flags & 0x400)
 
         if sexptype == NILVALUE_SXP:
             return None

@@ -25,7 +25,8 @@ from .quantizers import Plan, Skip
 
 
 def _group_key(plan: Plan):
-    if plan.op_type != "MatMul" or plan.weight is None or len(plan.activations) != 1:
+    # A transposed weight ([out, in]) cannot be concatenated along the output axis with the others.
+    if plan.op_type != "MatMul" or plan.weight is None or plan.weight.transposed or len(plan.activations) != 1:
         return None
     a = plan.activations[0]
     return (a.tensor, a.dtype, a.mode, a.min, a.max, plan.outlier_channels, plan.per_token, plan.weight.per_channel)
@@ -33,7 +34,7 @@ def _group_key(plan: Plan):
 
 def fuse_shared_input_matmuls(graph: Graph, decisions: List[object], weight_values: Callable) -> List[object]:
     """Replace each group of >= 2 compatible MatMul plans with one fused plan (graph edited to match)."""
-    groups: "OrderedDict[tuple, List[Plan]]" = OrderedDict()
+    groups: OrderedDict[tuple, List[Plan]] = OrderedDict()
     for d in decisions:
         key = None if isinstance(d, Skip) else _group_key(d)
         if key is not None:

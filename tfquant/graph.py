@@ -78,6 +78,26 @@ class Graph:
             name, idx = parse_input(self.nodes[name].input[0])
         return tensor_name(name, idx)
 
+    # ----- weights (variables stay Placeholder(resource) -> ReadVariableOp) -------------------
+    def resource_handle(self, read: str) -> str:
+        """The resource placeholder a ReadVariableOp (or ResourceGather) reads, through Identity chains."""
+        return parse_input(self.skip_identity(self.node(read).input[0]))[0]
+
+    def gathered_handles(self) -> set:
+        """The resource placeholders of the fp32 tables that a ResourceGather reads (embeddings)."""
+        return {self.resource_handle(n.name) for n in self.by_op("ResourceGather")
+                if n.attr["dtype"].type == types_pb2.DT_FLOAT}
+
+    def weight_reads(self, tensor: str) -> List[str]:
+        """The ReadVariableOps a weight expression is computed from (through Identity, EnsureShape,
+        Mul by a constant, the ConcatV2 of fused weights)."""
+        node = self.node(tensor)
+        if node.op == "ReadVariableOp":
+            return [node.name]
+        if node.op in ("Identity", "EnsureShape", "Mul", "ConcatV2"):
+            return [r for i in node.input if not i.startswith("^") for r in self.weight_reads(i)]
+        return []
+
     # ----- editing ---------------------------------------------------------------------------
     def add(self, node: node_def_pb2.NodeDef) -> node_def_pb2.NodeDef:
         if node.name in self.nodes:

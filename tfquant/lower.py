@@ -8,7 +8,9 @@ converted model would be no faster and no smaller.  This pass rewrites
 into one ``_MklQuantizedMatMulWithBiasAndDequantize`` (oneDNN u8 x s8 -> s32 with VNNI)
 whose weight is an **int8 variable** (so the output SavedModel is ~4x smaller and the 2 GB
 GraphDef cap never applies) and whose bias is qint32 with the MIN_FIRST compensation folded
-in.  It also stores the token embedding as int8 rows with one fp32 scale per row.
+in.  A weight used transposed (an embedding tied to the lm_head) is stored as the kernel
+multiplies by it, [in, out].  Embedding tables become int8 too (``tfquant/embeddings.py``);
+a table tied to the lm_head is stored once, as the lm_head's int8 weight.
 
 Why the ``_Mkl`` ops are written directly: the public ``QuantizedMatMulWithBiasAndDequantize``
 is a NoOp placeholder that only oneDNN's graph rewrite turns into a kernel, and that rewrite
@@ -21,7 +23,8 @@ first use, so assigning new values to the int8 variables after loading has no ef
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -32,17 +35,28 @@ MKL_LABEL = "QuantizedMklOp"  # kernel label of oneDNN's native-format quantized
 KERNEL = "_MklQuantizedMatMulWithBiasAndDequantize"
 
 
-def _add_variable(graph: Graph, captures: Dict[str, object], handle_name: str, value) -> str:
-    """A new variable holding ``value``, bound to a new Placeholder(resource); returns the placeholder name."""
+def add_variable(graph: Graph, captures: Dict[str, object], handle_name: str, value, store=None) -> str:
+    """A variable holding ``value``, bound to a new Placeholder(resource); returns the placeholder name.
+
+    ``store`` (a ``VariableStore``) hands out one variable per content, so that signatures converted
+    one after the other (prefill, decode) share their int8 weights.  A variable this graph already
+    binds (a table gathered twice, as HF's GPT-J does for input_ids and token_type_ids) keeps its one
+    placeholder: a function cannot capture one variable through two.
+    """
     import tensorflow as tf
 
+    name = handle_name.replace("/", "_")
+    var = store.variable(value, name) if store is not None else tf.Variable(value, trainable=False, name=name)
+    bound = next((ph for ph, v in captures.items() if v is var), None)
+    if bound is not None:
+        return bound
     handle = graph.add(make_node("Placeholder", handle_name, attrs={"dtype": DType("resource")}))
     handle.attr["shape"].shape.CopyFrom(tf.TensorShape([]).as_proto())
-    captures[handle_name] = tf.Variable(value, trainable=False, name=handle_name.replace("/", "_"))
+    captures[handle_name] = var
     return handle_name
 
 
-def _new_qint8_variable(graph: Graph, captures: Dict[str, object], base: str, value: np.ndarray) -> str:
+def _new_qint8_variable(graph: Graph, captures: Dict[str, object], base: str, value: np.ndarray, store=None) -> str:
     """Add Placeholder(resource) -> ReadVariableOp for a new qint8 variable; returns the read tensor.
 
     The variable itself is qint8 (checkpoints store it as 8-bit like int8), so the kernel reads
@@ -51,7 +65,7 @@ def _new_qint8_variable(graph: Graph, captures: Dict[str, object], base: str, va
     import tensorflow as tf
 
     qvalue = tf.bitcast(tf.constant(np.ascontiguousarray(value, np.int8)), tf.qint8)
-    handle = _add_variable(graph, captures, f"{base}/handle", qvalue)
+    handle = add_variable(graph, captures, f"{base}/handle", qvalue, store)
     return graph.add(make_node("ReadVariableOp", f"{base}/read", [handle], {"dtype": DType("qint8")})).name
 
 
@@ -78,7 +92,26 @@ def _single_consumer(consumers, name, op):
     return None
 
 
-def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits: int = 7) -> dict:
+@dataclass(frozen=True)
+class Int8Table:
+    """The int8 weight of a lowered MatMul by a transposed fp32 table that a ResourceGather also
+    reads (an embedding tied to the lm_head): the gather reuses it, so the table is stored once."""
+
+    read: str                 # the qint8 [d, V] weight the kernel reads: its columns are the table's rows
+    row_scale: Optional[str]  # Const [V]: each row's fp32 scale (= each lm_head output channel's) ...
+    scale: float = 0.0        # ... or, with row_scale None (a per-tensor kernel), one scale for every row
+
+
+def _table_handle(graph: Graph, tensor: str) -> Optional[str]:
+    """The variable a weight QuantizeV2 reads unchanged (through EnsureShape/Identity), else None
+    (a Const, or a weight scaled by SmoothQuant / masked for outliers: not the table itself)."""
+    node = graph.node(tensor)
+    while node.op in ("EnsureShape", "Identity"):
+        node = graph.node(node.input[0])
+    return graph.resource_handle(node.name) if node.op == "ReadVariableOp" else None
+
+
+def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits: int = 7, store=None) -> dict:
     """Rewrite every lowerable QDQ MatMul in place; returns a summary for report.json.
 
     ``weight_bits=7`` stores weights in [-63, 63].  Measured here: on CPUs without VNNI (this
@@ -86,150 +119,176 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
     with saturation, and full-range 8-bit weights gave errors up to 10x the emulated int8
     result on some shapes; 255*63*2 < 32767 cannot saturate, and the kernel then matches the
     emulation to 1e-6.  ``weight_bits=8`` is for deployments on VNNI/AMX CPUs only.
+    ``store``: where new variables come from (see ``add_variable``).
     """
-    levels = 2 ** (weight_bits - 1) - 1
-    consumers = graph.consumers()
-    lowered: List[str] = []
-    not_lowered: List[dict] = []
-    replaced_reads = set()
-    per_channel_ops = 0
-    activation_requant: Dict[str, str] = {}
+    from .embeddings import lower_embeddings  # embeddings.py builds on this module's variable helpers
+
+    lowering = _MatMulLowering(graph, model, captures, levels=2 ** (weight_bits - 1) - 1, store=store)
     for mm in list(graph.by_op("MatMul")):
+        lowering.lower(mm)
+    # The fp32 QDQ nodes of the lowered MatMuls are dead now.  Dropping them first makes every
+    # remaining reader of an fp32 weight a real one (an lm_head kept fp32 still needs its table).
+    graph.prune(list(model.outputs.values()), keep=[parse_input(t)[0] for t in model.inputs.values()])
+    embedding = lower_embeddings(graph, captures, lowering.tables, store)
+    _drop_dead_weight_controls(graph, lowering.replaced_reads | set(embedding["replaced_reads"]))
+    graph.toposort()
+    return {
+        "count": len(lowering.lowered),
+        "kernel": KERNEL,
+        "weight_granularity": "per_channel" if lowering.per_channel_ops else "per_tensor",
+        "per_channel_ops": lowering.per_channel_ops,
+        "weight_bits": weight_bits,
+        "weight_storage": "int8 variables (scales as constants)",
+        "ops": lowering.lowered,
+        "not_lowered": lowering.not_lowered + embedding["not_lowered"],
+        "embeddings": embedding["ops"],
+        "tied_embeddings": embedding["tied"],
+    }
+
+
+class _MatMulLowering:
+    """QDQ MatMuls -> int8 kernels, one at a time, and what the embeddings and the cleanup need to know."""
+
+    def __init__(self, graph: Graph, model, captures: Dict[str, object], levels: int, store=None):
+        self.graph, self.model, self.captures, self.levels, self.store = graph, model, captures, levels, store
+        self.consumers = graph.consumers()
+        self.gathered = graph.gathered_handles()
+        self.lowered: List[str] = []
+        self.not_lowered: List[dict] = []
+        self.replaced_reads = set()
+        self.per_channel_ops = 0
+        self.tables: Dict[str, Int8Table] = {}  # fp32 table handle -> the tied lm_head's int8 weight
+        self._requant: Dict[tuple, str] = {}
+        self._weights: Dict[tuple, str] = {}  # one int8 variable per weight, however many MatMuls share it
+
+    def lower(self, mm) -> None:
+        graph = self.graph
         a_deq, w_deq = (graph.node(i) for i in mm.input[:2])
         if a_deq.op != "Dequantize" or w_deq.op != "Dequantize":
-            continue
+            return
+        if mm.attr["transpose_a"].b:
+            self.not_lowered.append({"op": mm.name, "reason": "transposed activation (transpose_a)"})
+            return
         a_q, w_q = graph.node(a_deq.input[0]), graph.node(w_deq.input[0])
-        per_channel = w_q.attr["axis"].i == 1
-        if mm.attr["transpose_a"].b or mm.attr["transpose_b"].b:
-            not_lowered.append({"op": mm.name, "reason": "transposed MatMul"})
-            continue
-        weight_tensor = w_q.input[0]
-        w = model.weight_value(graph, weight_tensor).astype(np.float32)
-        if per_channel:
-            w_max = np.maximum(np.abs(w).max(axis=0), 1e-8).astype(np.float32)
-        else:
-            w_max = np.float32(max(float(np.abs(w).max()), 1e-8))
-        w_int8 = quantize_weight(w, w_max, levels)
+        per_channel = w_q.attr["axis"].i != -1
+        weight_tensor, transposed = w_q.input[0], mm.attr["transpose_b"].b
+        w_int8, w_max = self._quantized_weight(weight_tensor, transposed, per_channel)
+        quant, a_mode, a_min, a_max = self._activation(a_q)
+        bias_add, reshape, bias = self._foldable_bias(mm, w_int8.shape[1])
+        qw = self.levels / w_max.astype(np.float64)
+        bias_q = _qint32_bias(bias, w_int8, qw, a_mode, a_min, a_max)
 
-        # Activation: the kernel needs quint8.  A symmetric qint8 activation (performance_only)
-        # is re-expressed as quint8 MIN_FIRST over the same [-m, m] range.
-        a_min = float(graph.node(a_q.input[1]).attr["value"].tensor.float_val[0])
-        a_max = float(graph.node(a_q.input[2]).attr["value"].tensor.float_val[0])
-        a_mode = a_q.attr["mode"].s.decode()
-        a_dtype = a_q.attr["T"].type
-        if a_dtype != DType("quint8").enum:
-            a_mode = "MIN_FIRST"
-        quant = activation_requant.get((a_q.name, a_mode))
-        if quant is None:
-            quant = _quantize_activation(graph, a_q, a_mode)
-            activation_requant[(a_q.name, a_mode)] = quant
-
-        # Fold the following BiasAdd into the kernel: the MatMul's only consumer, or the only consumer of a
-        # Reshape that is the MatMul's only consumer (Keras Dense on 3-D input: Tensordot's MatMul -> Reshape ->
-        # BiasAdd, as in GPT-J's fc_in/fc_out/lm_head).  A bias on the last axis is the same before and after
-        # that Reshape, which keeps the last axis (BiasAdd would fail otherwise).
-        bias_add = _single_consumer(consumers, mm.name, "BiasAdd")
-        reshape = None
-        if bias_add is None:
-            reshape = _single_consumer(consumers, mm.name, "Reshape")
-            bias_add = _single_consumer(consumers, reshape.name, "BiasAdd") if reshape is not None else None
-        if bias_add is not None and bias_add.attr["data_format"].s not in (b"", b"NHWC"):
-            bias_add = None
-        bias = np.zeros(w.shape[1], np.float32)
-        if bias_add is not None:
-            try:
-                bias = model.weight_value(graph, graph.skip_identity(bias_add.input[1])).astype(np.float32)
-            except (ValueError, KeyError):
-                bias_add = None
-        qa = 255.0 / (a_max - a_min) if a_mode == "MIN_FIRST" else 255.0 / max(abs(a_max), abs(a_min))
-        qw = levels / w_max.astype(np.float64)
-        comp = qa * a_min * w_int8.astype(np.int64).sum(axis=0) if a_mode == "MIN_FIRST" else 0.0
-        bias_q = np.round(qa * qw * bias.astype(np.float64) + comp)
-        bias_q = np.clip(bias_q, -2**31, 2**31 - 1).astype(np.int32)
-
-        w_node = parse_input(weight_tensor)[0]
-        w_read = _new_qint8_variable(graph, captures, f"{w_node}_int8", w_int8)
+        w_read = self._int8_weight(weight_tensor, transposed, per_channel, w_int8)
         out_name = mm.name if reshape is not None or bias_add is None else bias_add.name
         prefix = f"{mm.name}_eightbit"
-        b_const = make_const(f"{prefix}_bias", bias_q)
-        b_const.attr["dtype"].type = DType("qint32").enum
-        b_const.attr["value"].tensor.dtype = DType("qint32").enum
-        graph.add(b_const)
         # The kernel derives one weight scale as max|min_b, max_b| / 127 (scalars only).  Per
         # channel, the kernel runs with unit scale (max_b = 127: it sees the integers as they
         # are) and a Mul by 1/Qw_j per output column follows; the bias already holds Qw_j.
-        kernel_max_b = np.float32(127.0) if per_channel else np.float32(float(w_max) * 127.0 / levels)
-        wmin = graph.add(make_const(f"{prefix}_min_b", -kernel_max_b))
-        wmax = graph.add(make_const(f"{prefix}_max_b", kernel_max_b))
-        fmin = graph.add(make_const(f"{prefix}_min_freezed_output", np.float32(0.0)))
-        fmax = graph.add(make_const(f"{prefix}_max_freezed_output", np.float32(1.0)))
+        kernel_max_b = np.float32(127.0) if per_channel else np.float32(float(w_max) * 127.0 / self.levels)
         kernel_name = f"{prefix}_int8_matmul" if per_channel else out_name
-        kernel = make_node(KERNEL, kernel_name, [quant, w_read, b_const.name, f"{quant}:1", f"{quant}:2",
-                                              wmin.name, wmax.name, fmin.name, fmax.name], {
-            "T1": DType("quint8"), "T2": DType("qint8"), "Tbias": DType("qint32"), "Toutput": DType("float"),
-            "transpose_a": False, "transpose_b": False, "input_quant_mode": a_mode,
-            "is_weight_const": True, "is_bias_const": True, "_kernel": MKL_LABEL})
+        kernel = _kernel_node(graph, kernel_name, prefix, quant, w_read, bias_q, kernel_max_b, a_mode)
         graph.remove([out_name] if bias_add is None else [bias_add.name, mm.name])
         graph.add(kernel)
         if bias_add is not None and reshape is not None:  # the bias is in the kernel; keep the name for readers
             graph.add(make_node("Identity", bias_add.name, [reshape.name], {"T": DType("float")}))
+        row_scale = None
         if per_channel:
-            scale = graph.add(make_const(f"{prefix}_channel_scale", (1.0 / qw).astype(np.float32)))
-            graph.add(make_node("Mul", out_name, [kernel_name, scale.name], {"T": DType("float")}))
-        replaced_reads.add(parse_input(graph.skip_identity(weight_tensor))[0])
-        lowered.append(mm.name)
-        per_channel_ops += int(per_channel)
+            row_scale = graph.add(make_const(f"{prefix}_channel_scale", (1.0 / qw).astype(np.float32))).name
+            graph.add(make_node("Mul", out_name, [kernel_name, row_scale], {"T": DType("float")}))
+        handle = _table_handle(graph, weight_tensor) if transposed else None
+        if handle in self.gathered:  # an embedding tied to this lm_head: the gather will read w_read
+            self.tables[handle] = Int8Table(w_read, row_scale, 0.0 if per_channel else float(1.0 / qw))
+        self.replaced_reads.update(graph.weight_reads(weight_tensor))
+        self.lowered.append(mm.name)
+        self.per_channel_ops += int(per_channel)
 
-    embedding = lower_embeddings(graph, captures)
-    _drop_dead_weight_controls(graph, replaced_reads | set(embedding["replaced_reads"]))
-    graph.toposort()
-    return {
-        "count": len(lowered),
-        "kernel": KERNEL,
-        "weight_granularity": "per_channel" if per_channel_ops else "per_tensor",
-        "per_channel_ops": per_channel_ops,
-        "weight_bits": weight_bits,
-        "weight_storage": "int8 variables (scales as constants)",
-        "ops": lowered,
-        "not_lowered": not_lowered,
-        "embeddings": embedding["ops"],
-    }
+    def _quantized_weight(self, weight_tensor: str, transposed: bool, per_channel: bool):
+        """(int8 weight [in, out], max|w| per output column or per tensor).
+
+        Measured (TF 2.15): the kernel's transpose_b=True fails to build ("could not create a primitive
+        descriptor") or, for square weights, gives wrong results, so a transposed weight is stored transposed.
+        """
+        w = self.model.weight_value(self.graph, weight_tensor).astype(np.float32)
+        if transposed:
+            w = np.ascontiguousarray(w.T)
+        if per_channel:
+            w_max = np.maximum(np.abs(w).max(axis=0), 1e-8).astype(np.float32)
+        else:
+            w_max = np.float32(max(float(np.abs(w).max()), 1e-8))
+        return quantize_weight(w, w_max, self.levels), w_max
+
+    def _activation(self, a_q):
+        """(the quint8 quantize node the kernel reads, its mode, min, max), one per QDQ activation.
+
+        The kernel needs quint8: a symmetric qint8 activation (performance_only) is re-expressed
+        as quint8 MIN_FIRST over the same [-m, m] range.
+        """
+        a_min = float(self.graph.node(a_q.input[1]).attr["value"].tensor.float_val[0])
+        a_max = float(self.graph.node(a_q.input[2]).attr["value"].tensor.float_val[0])
+        a_mode = a_q.attr["mode"].s.decode()
+        if a_q.attr["T"].type != DType("quint8").enum:
+            a_mode = "MIN_FIRST"
+        quant = self._requant.get((a_q.name, a_mode))
+        if quant is None:
+            quant = _quantize_activation(self.graph, a_q, a_mode)
+            self._requant[(a_q.name, a_mode)] = quant
+        return quant, a_mode, a_min, a_max
+
+    def _int8_weight(self, weight_tensor: str, transposed: bool, per_channel: bool, w_int8: np.ndarray) -> str:
+        key = (weight_tensor, transposed, per_channel)
+        if key not in self._weights:
+            base = f"{parse_input(weight_tensor)[0]}_int8"
+            self._weights[key] = _new_qint8_variable(self.graph, self.captures, base, w_int8, self.store)
+        return self._weights[key]
+
+    def _foldable_bias(self, mm, width: int):
+        """(BiasAdd to fold into the kernel or None, the Reshape before it or None, the bias values).
+
+        The MatMul's only consumer, or the only consumer of a Reshape that is the MatMul's only consumer
+        (Keras Dense on 3-D input: Tensordot's MatMul -> Reshape -> BiasAdd, as in GPT-J's fc_in/fc_out/
+        lm_head; also a BatchMatMul the rewrite made a MatMul).  A bias on the last axis is the same
+        before and after that Reshape, which keeps the last axis (BiasAdd would fail otherwise).
+        """
+        bias_add = _single_consumer(self.consumers, mm.name, "BiasAdd")
+        reshape = None
+        if bias_add is None:
+            reshape = _single_consumer(self.consumers, mm.name, "Reshape")
+            bias_add = _single_consumer(self.consumers, reshape.name, "BiasAdd") if reshape is not None else None
+        if bias_add is not None and bias_add.attr["data_format"].s not in (b"", b"NHWC"):
+            bias_add = None
+        if bias_add is not None:
+            try:
+                bias = self.model.weight_value(self.graph, self.graph.skip_identity(bias_add.input[1]))
+                return bias_add, reshape, bias.astype(np.float32)
+            except (ValueError, KeyError):
+                bias_add = None
+        return bias_add, reshape, np.zeros(width, np.float32)
 
 
-def lower_embeddings(graph: Graph, captures: Dict[str, object]) -> dict:
-    """ResourceGather on an fp32 embedding table -> int8 rows gathered, then scaled per row."""
-    ops, reads = [], []
-    for node in list(graph.by_op("ResourceGather")):
-        if node.attr["dtype"].type != DType("float").enum or node.attr["batch_dims"].i != 0:
-            continue
-        handle = parse_input(graph.skip_identity(node.input[0]))[0]
-        var = captures.get(handle)
-        if var is None or not hasattr(var, "numpy") or len(var.shape) != 2:
-            continue
-        table = var.numpy().astype(np.float32)
-        row_max = np.maximum(np.abs(table).max(axis=1), 1e-8).astype(np.float32)
-        q = np.clip(np.round(table * (127.0 / row_max)[:, None]), -127, 127).astype(np.int8)
-        base = f"{node.name}_int8"
-        def var_handle(suffix, value):
-            return _add_variable(graph, captures, f"{base}/{suffix}", value)
+def _qint32_bias(bias: np.ndarray, w_int8: np.ndarray, qw, a_mode: str, a_min: float, a_max: float) -> np.ndarray:
+    """The kernel's bias: round(Qa*Qw*b + Qa*min_a*colsum(W_int8)) (the MIN_FIRST compensation folded in)."""
+    qa = 255.0 / (a_max - a_min) if a_mode == "MIN_FIRST" else 255.0 / max(abs(a_max), abs(a_min))
+    comp = qa * a_min * w_int8.astype(np.int64).sum(axis=0) if a_mode == "MIN_FIRST" else 0.0
+    bias_q = np.round(qa * qw * bias.astype(np.float64) + comp)
+    return np.clip(bias_q, -2**31, 2**31 - 1).astype(np.int32)
 
-        ids = node.input[1]
-        rows = graph.add(make_node("ResourceGather", f"{base}/rows", [var_handle("table", q), ids],
-                                   {"dtype": DType("int8"), "Tindices": node.attr["Tindices"], "batch_dims": 0,
-                                    "validate_indices": True}))
-        scales = graph.add(make_node("ResourceGather", f"{base}/scales", [var_handle("scale", row_max / 127.0), ids],
-                                     {"dtype": DType("float"), "Tindices": node.attr["Tindices"], "batch_dims": 0,
-                                      "validate_indices": True}))
-        as_float = graph.add(make_node("Cast", f"{base}/to_float", [rows.name],
-                                       {"SrcT": DType("int8"), "DstT": DType("float"), "Truncate": False}))
-        minus_one = graph.add(make_const(f"{base}/axis", np.int32(-1)))
-        scale_col = graph.add(make_node("ExpandDims", f"{base}/scale_col", [scales.name, minus_one.name],
-                                        {"T": DType("float"), "Tdim": DType("int32")}))
-        graph.remove([node.name])
-        graph.add(make_node("Mul", node.name, [as_float.name, scale_col.name], {"T": DType("float")}))
-        ops.append(node.name)
-        reads.append(handle)
-    return {"ops": ops, "replaced_reads": reads}
+
+def _kernel_node(graph: Graph, name: str, prefix: str, quant: str, w_read: str, bias_q: np.ndarray,
+                 max_b: np.float32, a_mode: str):
+    """The kernel NodeDef and its constant inputs (added to the graph here; the kernel itself is not)."""
+    b_const = make_const(f"{prefix}_bias", bias_q)
+    b_const.attr["dtype"].type = DType("qint32").enum
+    b_const.attr["value"].tensor.dtype = DType("qint32").enum
+    graph.add(b_const)
+    wmin = graph.add(make_const(f"{prefix}_min_b", -max_b))
+    wmax = graph.add(make_const(f"{prefix}_max_b", max_b))
+    fmin = graph.add(make_const(f"{prefix}_min_freezed_output", np.float32(0.0)))
+    fmax = graph.add(make_const(f"{prefix}_max_freezed_output", np.float32(1.0)))
+    return make_node(KERNEL, name, [quant, w_read, b_const.name, f"{quant}:1", f"{quant}:2",
+                                    wmin.name, wmax.name, fmin.name, fmax.name], {
+        "T1": DType("quint8"), "T2": DType("qint8"), "Tbias": DType("qint32"), "Toutput": DType("float"),
+        "transpose_a": False, "transpose_b": False, "input_quant_mode": a_mode,
+        "is_weight_const": True, "is_bias_const": True, "_kernel": MKL_LABEL})
 
 
 def _drop_dead_weight_controls(graph: Graph, replaced: set) -> None:

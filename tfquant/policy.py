@@ -62,7 +62,7 @@ class QuantPolicy:
                    token_outlier_threshold: float = DEFAULT_TOKEN_OUTLIER_THRESHOLD,
                    max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION,
                    fuse_matmuls: bool = False, per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD,
-                   simplify: bool = True) -> "QuantPolicy":
+                   simplify: bool = True) -> QuantPolicy:
         if output_format is None:
             # ITEX fuses QDQ itself at run time; stock TF needs the lowered int8 kernels to be fast.
             output_format = "qdq" if itex_mode else "int8"

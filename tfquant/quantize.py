@@ -12,15 +12,18 @@ import sys
 
 from .errors import UserError, run_cli
 from .fsutil import cache_root
-from .policy import (DEFAULT_MAX_OUTLIER_FRACTION, DEFAULT_OUTLIER_THRESHOLD, DEFAULT_PER_CHANNEL_MIN_SPREAD,
-                     DEFAULT_TOKEN_OUTLIER_THRESHOLD)
-from .savedmodel import SIGNATURE_KEY
+from .policy import (
+    DEFAULT_MAX_OUTLIER_FRACTION,
+    DEFAULT_OUTLIER_THRESHOLD,
+    DEFAULT_PER_CHANNEL_MIN_SPREAD,
+    DEFAULT_TOKEN_OUTLIER_THRESHOLD,
+)
 
 
 def default_model_dir() -> str:
     """Export the embedded default model once; later runs reuse the cached SavedModel."""
-    from .models import prepare_from_config
     from .assets import config_path
+    from .models import prepare_from_config
 
     target = os.path.join(cache_root(), "gptj-tiny")
     if not os.path.isfile(os.path.join(target, "saved_model.pb")):
@@ -36,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--input_model",
                    help="SavedModel folder, or a folder holding saved_model/<version>/ as save_pretrained(saved_model=True) "
                         "writes (default: the embedded tiny GPT-J)")
-    p.add_argument("--signature", help=f"the signature to convert (default {SIGNATURE_KEY}); kept under its name")
+    p.add_argument("--signature", help="convert only this signature (default: every signature, e.g. prefill and "
+                                       "decode; each kept under its name, sharing int8 weights)")
     p.add_argument("--tokenizer", help="a Hugging Face tokenizer folder or tokenizer.json (default: the model folder's "
                                        "own tokenizer/ or tokenizer files, else GPT-2 BPE)")
     p.add_argument("--output_dir", required=True, help="where model/, the graph dumps and report.json go")
@@ -92,7 +96,7 @@ DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None
             "max_outlier_fraction": DEFAULT_MAX_OUTLIER_FRACTION, "token_outlier_threshold": DEFAULT_TOKEN_OUTLIER_THRESHOLD,
             "fuse_matmuls": False, "per_channel_min_spread": DEFAULT_PER_CHANNEL_MIN_SPREAD, "smooth_alpha": 0.0, "observer": "mse",
             "simplify": True, "fallback_kl": 0.0, "fallback_max_ops": 16,
-            "signature": SIGNATURE_KEY, "tokenizer": None, "calib_dataset": None, "data_dir": None, "calib_text": None,
+            "signature": None, "tokenizer": None, "calib_dataset": None, "data_dir": None, "calib_text": None,
             "calib_samples": 16, "seq_len": 128}
 
 

@@ -1,9 +1,10 @@
 """The conversion report: what changed in the graph, what was quantized, what was skipped and why."""
 from __future__ import annotations
 
-from .fsutil import atomic_write_json
 from collections import Counter
 from typing import Dict
+
+from .fsutil import atomic_write_json
 
 
 def human_bytes(n: float) -> str:

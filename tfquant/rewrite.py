@@ -6,16 +6,16 @@ parameters are created once and shared (q, k, v and fc_in of a GPT-J block read 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List
 
 import numpy as np
 
 from . import names
-from .graph import DType, Graph, make_const, make_node, parse_input
+from .graph import DType, Graph, canonical, make_const, make_node, parse_input
 from .qparams import weight_scale_range
 from .quantizers import QUANTIZERS, ActivationQ, Plan, Skip, WeightQ
-
+from .quantizers.matmul import weight_operand
 
 # fp32 weights written as Consts (itex_mode) must leave room for the rest of the graph under protobuf's 2 GB cap.
 CONST_WEIGHT_BUDGET_BYTES = 1536 * 1024 * 1024
@@ -42,6 +42,12 @@ def plan_all(graph: Graph, policy, ranges) -> List[object]:
     return decisions
 
 
+def matmul_weight(weight_values: Callable[[str], np.ndarray], q: WeightQ) -> np.ndarray:
+    """The weight as the MatMul multiplies by it, [in, out] (a transposed weight is stored [out, in])."""
+    w = np.asarray(weight_values(q.tensor), np.float32)
+    return w.T if q.transposed else w
+
+
 def settle_weight_granularity(decisions, weight_values, policy) -> list:
     """Per-channel weight scales only where the columns' ranges differ by more than ``per_channel_min_spread``.
 
@@ -51,7 +57,7 @@ def settle_weight_granularity(decisions, weight_values, policy) -> list:
     out = []
     for d in decisions:
         if isinstance(d, Plan) and d.weight is not None and d.weight.per_channel:
-            col_max = np.abs(np.asarray(weight_values(d.weight.tensor), np.float32)).max(axis=0)
+            col_max = np.abs(matmul_weight(weight_values, d.weight)).max(axis=0)
             if float(col_max.max()) <= policy.per_channel_min_spread * max(float(col_max.min()), 1e-12):
                 d = replace(d, weight=replace(d.weight, per_channel=False))
         out.append(d)
@@ -103,12 +109,13 @@ class QDQInserter:
         return deq
 
     def weight(self, q: WeightQ) -> str:
-        key = (q.tensor, q.per_channel)
+        key = (q.tensor, q.per_channel, q.transposed)
         if key in self._weight_dequantize:
             return self._weight_dequantize[key]
         w_node = parse_input(q.tensor)[0]
-        lo, hi = weight_scale_range(self.weight_values(q.tensor), q.per_channel)
-        axis = 1 if q.per_channel else -1
+        lo, hi = weight_scale_range(matmul_weight(self.weight_values, q), q.per_channel)
+        # Output channels are the columns of an [in, out] weight, the rows of a transposed one.
+        axis = (0 if q.transposed else 1) if q.per_channel else -1
         mn = self.graph.add(make_const(names.weight_min(w_node), lo))
         mx = self.graph.add(make_const(names.weight_max(w_node), hi))
         quant = names.weight_quantize(w_node)
@@ -119,7 +126,7 @@ class QDQInserter:
             source = self.graph.add(make_const(f"{quant}/fp32_weight", value)).name
         elif q.per_channel:
             # A variable read has no static shape in an imported GraphDef, and QuantizeV2/Dequantize
-            # with axis=1 need a known rank: state the shape.
+            # with an axis need a known rank: state the shape.
             shape = self.weight_values(q.tensor).shape
             source = self.graph.add(make_node("EnsureShape", f"{quant}/shape", [q.tensor],
                                               {"T": DType("float")})).name
@@ -138,10 +145,8 @@ def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     their weight rows are zero in the int8 weight, so they contribute nothing there; the
     thin fp32 MatMul adds their exact contribution.  Consumers of the op read the sum.
     """
-    from .graph import canonical
-
     op, idx = node.name, np.asarray(plan.outlier_channels, np.int32)
-    w = np.asarray(weight_values(plan.weight.tensor), np.float32)
+    w = matmul_weight(weight_values, plan.weight)
     act = canonical(node.input[0])
     readers = graph.readers(op)
     prefix = names.outlier_prefix(op)
@@ -154,11 +159,28 @@ def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
                         {"T": DType("float"), "transpose_a": False, "transpose_b": False}))
     mask = np.ones((w.shape[0], 1), np.float32)
     mask[idx] = 0.0
-    graph.add(make_const(f"{prefix}/row_mask", mask))
+    graph.add(make_const(f"{prefix}/row_mask", mask.T if plan.weight.transposed else mask))
     graph.add(make_node("Mul", f"{prefix}/masked_weight", [plan.weight.tensor, f"{prefix}/row_mask"], {"T": DType("float")}))
     graph.add(make_node("AddV2", f"{prefix}/add", [op, f"{prefix}/matmul"], {"T": DType("float")}))
     graph.redirect(op, f"{prefix}/add", readers)
-    return WeightQ(plan.weight.input_index, f"{prefix}/masked_weight", plan.weight.per_channel)
+    return replace(plan.weight, tensor=f"{prefix}/masked_weight")
+
+
+def _keep_tied_tables_fp32(graph: Graph, decisions) -> list:
+    """itex_mode: a weight that is also an embedding table (a tied lm_head) is not quantized.
+
+    ITEX fuses only fp32 Const weights, and the gather still reads the table's variable, so a
+    Const copy would store the table twice (GPT-2: 1.85x the fp32 model instead of ~1x).
+    """
+    tables = graph.gathered_handles()
+    out = []
+    for d in decisions:
+        w = None if isinstance(d, Skip) or d.weight is None else graph.node(d.weight.tensor)
+        if w is not None and w.op == "ReadVariableOp" and graph.resource_handle(w.name) in tables:
+            d = Skip(d.op, d.op_type, "itex_mode: the weight is also an embedding table, and ITEX fuses only "
+                                      "Const weights (a Const copy would store the table twice)")
+        out.append(d)
+    return out
 
 
 def _const_weight_plan(decisions, weight_values) -> dict:
@@ -184,15 +206,13 @@ def scale_per_token(graph: Graph, node, plan: Plan, weight_values) -> str:
     step size.  Any bias is added after the rescale (the Mul sits between MatMul and BiasAdd).
     Returns the tensor to quantize in place of ``x``.
     """
-    from .graph import canonical
-
     op = node.name
     prefix = names.per_token_prefix(op)
     act = canonical(node.input[0])
     readers = graph.readers(op)
     source = act
     if plan.outlier_channels:  # they run in fp32 on the side; they must not set the row scale
-        mask = np.ones((1, np.shape(weight_values(plan.weight.tensor))[0]), np.float32)
+        mask = np.ones((1, matmul_weight(weight_values, plan.weight).shape[0]), np.float32)
         mask[0, list(plan.outlier_channels)] = 0.0
         mask_name = f"{prefix}/channel_mask"
         graph.add(make_const(mask_name, mask))
@@ -209,10 +229,57 @@ def scale_per_token(graph: Graph, node, plan: Plan, weight_values) -> str:
     return f"{prefix}/normalized"
 
 
+def _int32_const(graph: Graph, name: str, value) -> str:
+    return graph.add(make_const(name, np.asarray(value, np.int32))).name
+
+
+def as_plain_matmul(graph: Graph, node, weight: WeightQ, weight_values):
+    """Make a weight (Batch)MatMul a 2-D ``MatMul(x, W, transpose_b)`` reading W as stored; returns it.
+
+    The int8 kernel (and every pass after this one) knows only that form.  A Transpose op on W
+    becomes the transpose_b flag.  A BatchMatMul by a 2-D weight [K, N] (GPT-2's lm_head) becomes
+
+        Reshape(x, [-1, K]) -> MatMul (same name) -> Reshape(rows of x + [N])
+
+    with the shape read at run time (batch and sequence length are dynamic).  An ExpandDims'd
+    weight [1, K, N] broadcasts a 2-D x to [1, M, N]: BroadcastArgs keeps that output rank.
+    """
+    if node.op == "MatMul":
+        node.attr["transpose_b"].b = weight.transposed
+        return node
+    op, x = node.name, canonical(node.input[0])
+    k, n = matmul_weight(weight_values, weight).shape
+    broadcast = weight_operand(graph, node).broadcast
+    readers = graph.readers(op)
+    base = f"{op}/as_matmul"
+    i32, f32 = DType("int32"), DType("float")
+    flat = graph.add(make_node("Reshape", f"{base}/flat", [x, _int32_const(graph, f"{base}/flat_shape", [-1, k])],
+                               {"T": f32, "Tshape": i32}))
+    graph.add(make_node("Shape", f"{base}/x_shape", [x], {"T": f32, "out_type": i32}))
+    rows = graph.add(make_node("StridedSlice", f"{base}/rows", [
+        f"{base}/x_shape", _int32_const(graph, f"{base}/begin", [0]), _int32_const(graph, f"{base}/end", [-1]),
+        _int32_const(graph, f"{base}/stride", [1])], {"T": i32, "Index": i32, "begin_mask": 0, "end_mask": 0,
+                                                     "ellipsis_mask": 0, "new_axis_mask": 0, "shrink_axis_mask": 0}))
+    shape = graph.add(make_node("ConcatV2", f"{base}/out_shape", [
+        rows.name, _int32_const(graph, f"{base}/n", [n]), _int32_const(graph, f"{base}/axis", 0)],
+        {"N": 2, "T": i32, "Tidx": i32})).name
+    if broadcast:
+        shape = graph.add(make_node("BroadcastArgs", f"{base}/broadcast_shape", [
+            shape, _int32_const(graph, f"{base}/weight_shape", [1, 1, n])], {"T": i32})).name
+    controls = [i for i in node.input if i.startswith("^")]
+    graph.remove([op])
+    mm = graph.add(make_node("MatMul", op, [flat.name, node.input[1]] + controls,
+                             {"T": f32, "transpose_a": False, "transpose_b": weight.transposed}))
+    out = graph.add(make_node("Reshape", f"{base}/unflat", [op, shape], {"T": f32, "Tshape": i32}))
+    graph.redirect(op, out.name, readers)
+    return mm
+
+
 def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarray],
                weights_as_const: bool = False) -> RewriteResult:
     result = RewriteResult()
     if weights_as_const:
+        decisions = _keep_tied_tables_fp32(graph, decisions)
         result.weights_as_const = _const_weight_plan(decisions, weight_values)
         weights_as_const = result.weights_as_const["enabled"]
     inserter = QDQInserter(graph, weight_values, weights_as_const)
@@ -222,9 +289,17 @@ def insert_qdq(graph: Graph, decisions, weight_values: Callable[[str], np.ndarra
             continue
         node = graph.node(d.op)
         weight = d.weight
+        activations = d.activations
+        if weight is not None:
+            if node.op != "MatMul" and np.ndim(weight_values(weight.tensor)) != 2:  # MatMul's are 2-D anyway
+                skip = Skip(d.op, d.op_type, "the weight is not 2-D (a batch of weights is not one MatMul)")
+                result.skipped.append(asdict(skip))
+                continue
+            node = as_plain_matmul(graph, node, weight, weight_values)
+            activations = [replace(q, tensor=canonical(node.input[0])) if q.input_index == 0 else q
+                           for q in activations]
         if d.outlier_channels:
             weight = split_outliers(graph, node, d, weight_values)
-        activations = d.activations
         if d.per_token:  # after the outlier split: the rescale must not touch the fp32 side MatMul's share
             normalized = scale_per_token(graph, node, d, weight_values)
             activations = [replace(q, tensor=normalized) if q.input_index == 0 else q for q in activations]

@@ -9,9 +9,8 @@ SavedModel with the same signature.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .errors import UserError
 from .feeds import check_inputs
@@ -57,15 +56,25 @@ class ExtractedModel:
         raise ValueError(f"{tensor} is not a weight")
 
 
-def load_signature(path: str, signature: str = SIGNATURE_KEY):
-    """Load the SavedModel folder ``path``; return (loaded, the signature's concrete function), checked."""
+def load(path: str):
+    """``tf.saved_model.load`` of the SavedModel folder ``path``; a file TF cannot load is a UserError."""
     import tensorflow as tf
 
     try:
-        loaded = tf.saved_model.load(path)
+        return tf.saved_model.load(path)
     except Exception as exc:  # corrupt protobuf, missing variables, unknown ops ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load SavedModel {path}: {first}") from None
+
+
+def signature_names(loaded) -> List[str]:
+    """Every signature of a loaded SavedModel, ``serving_default`` first, the rest by name."""
+    names = sorted(getattr(loaded, "signatures", {}) or {})
+    return sorted(names, key=lambda n: n != SIGNATURE_KEY)
+
+
+def checked_signature(loaded, path: str, signature: str = SIGNATURE_KEY):
+    """The signature's concrete function, with inputs tfquant can feed and a logits output."""
     signatures = getattr(loaded, "signatures", {})
     if signature not in signatures:
         raise UserError(f"SavedModel {path} has no '{signature}' signature (found: {', '.join(sorted(signatures)) or 'none'}; "
@@ -75,7 +84,7 @@ def load_signature(path: str, signature: str = SIGNATURE_KEY):
     if not isinstance(fn.structured_outputs, dict) or LOGITS_KEY not in fn.structured_outputs:
         outputs = sorted(fn.structured_outputs) if isinstance(fn.structured_outputs, dict) else fn.structured_outputs
         raise UserError(f"the '{signature}' signature of {path} has no '{LOGITS_KEY}' output (outputs: {outputs})")
-    return loaded, fn
+    return fn
 
 
 def _variables_by_handle(loaded) -> Dict[int, object]:
@@ -126,9 +135,14 @@ def _inline_functions(fn):
     return _grappler(flat, graph, fetch_names, _CLEANUP_PASS)
 
 
-def extract(path: str, signature: str = SIGNATURE_KEY) -> ExtractedModel:
-    """The signature ``signature`` of the SavedModel folder ``path`` as one flat GraphDef."""
-    loaded, fn = load_signature(path, signature)
+def extract(path: str, signature: str = SIGNATURE_KEY, loaded=None) -> ExtractedModel:
+    """The signature ``signature`` of the SavedModel folder ``path`` as one flat GraphDef.
+
+    ``loaded`` (the SavedModel already loaded) lets several signatures share one load, hence one set
+    of variable objects: what lets their converted graphs share int8 weights.
+    """
+    loaded = load(path) if loaded is None else loaded
+    fn = checked_signature(loaded, path, signature)
     graph = fn.graph
     handle_to_var = _variables_by_handle(loaded)
     captures = {}
@@ -194,18 +208,13 @@ def _with_index(name: str) -> str:
     return name if ":" in name else name + ":0"
 
 
-def save(graph_def, model: ExtractedModel, captures: Dict[str, object], out_dir: str) -> None:
-    """Write ``graph_def`` as a SavedModel with the original signature; only captured variables are saved."""
+def _signature_function(graph_def, model: ExtractedModel, captures: Dict[str, object]):
+    """A tf.function with the original signature's input specs that runs ``graph_def``."""
     import tensorflow as tf
 
     call = build_function(graph_def, model, captures)
-    specs = [tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in sorted(model.input_specs.items())]
-    names = [n for n, _ in sorted(model.input_specs.items())]
-
-    root = tf.Module()
-    # Track only what the new graph reads: replaced fp32 weights are not written.
-    root.weights = [captures[k] for k in sorted(captures) if isinstance(captures[k], tf.Variable)]
-    root._graph_fn = call.concrete
+    names = sorted(model.input_specs)
+    specs = [tf.TensorSpec(model.input_specs[n].shape, model.input_specs[n].dtype, name=n) for n in names]
 
     @tf.function(input_signature=specs)
     def serving(*args):
@@ -216,7 +225,30 @@ def save(graph_def, model: ExtractedModel, captures: Dict[str, object], out_dir:
             tensor.set_shape(model.output_specs[key].shape)
         return outputs
 
-    tf.saved_model.save(root, out_dir, signatures={model.signature: serving.get_concrete_function()})
+    return call.concrete, serving.get_concrete_function()
+
+
+def save(parts, out_dir: str) -> None:
+    """Write each (graph_def, model, captures) of ``parts`` as one signature of one SavedModel.
+
+    Only the variables the new graphs read are saved, each once however many signatures read it
+    (prefill and decode share their int8 weights); replaced fp32 weights are not written.
+    """
+    import tensorflow as tf
+
+    root = tf.Module()
+    variables, seen, graph_fns, signatures = [], set(), [], {}
+    for graph_def, model, captures in parts:
+        for name in sorted(captures):
+            var = captures[name]
+            if isinstance(var, tf.Variable) and id(var) not in seen:
+                seen.add(id(var))
+                variables.append(var)
+        graph_fn, signatures[model.signature] = _signature_function(graph_def, model, captures)
+        graph_fns.append(graph_fn)
+    root.weights = variables
+    root._graph_fns = graph_fns
+    tf.saved_model.save(root, out_dir, signatures=signatures)
 
 
 def vocabulary_size(model: ExtractedModel) -> Tuple[Optional[int], str]:

@@ -116,7 +116,7 @@ def environment(applied_env: Dict[str, str]) -> dict:
     except AttributeError:
         usable = os.cpu_count()
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "tensorflow": tf.__version__, "numpy": numpy.__version__, "transformers": _transformers_version(),
         "python": platform.python_version(), "platform": platform.platform(),
         **describe(), "cpu_count": os.cpu_count(), "cpus_usable": usable,

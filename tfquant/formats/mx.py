@@ -46,7 +46,7 @@ for 8 / 6 / 4-bit elements, i.e. 8.25 / 6.25 / 4.25 bits per element.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -100,7 +100,7 @@ def element(name) -> Element:
     return ELEMENTS[key]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _table(name: str) -> np.ndarray:
     """float64 value of every code 0 .. 2^bits - 1 (inf / NaN where the type defines them)."""
     el = ELEMENTS[name]
@@ -133,7 +133,7 @@ def decode_elements(codes, name) -> np.ndarray:
     return _table(element(name).name)[np.asarray(codes, dtype=np.uint8)].astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _positive_grid(name: str):
     """Finite non-negative values in code order (increasing), their codes."""
     el = ELEMENTS[name]

@@ -31,11 +31,14 @@ class ActivationQ:
 
 @dataclass(frozen=True)
 class WeightQ:
-    """QDQ on a weight: symmetric qint8, per tensor or per output channel (axis 1)."""
+    """QDQ on a weight: symmetric qint8, per tensor or per output channel."""
 
     input_index: int
-    tensor: str     # the weight tensor after skipping Identity chains (a ReadVariableOp or Const)
+    tensor: str     # the weight as stored (a ReadVariableOp or Const), Identity chains skipped
     per_channel: bool
+    # The op multiplies by ``tensor`` transposed (transpose_b / adj_y / a Transpose op): the stored
+    # tensor is [out, in] and its output channels are axis 0 (tied embeddings used as lm_head).
+    transposed: bool = False
 
 
 @dataclass
@@ -64,4 +67,4 @@ class Skip:
 Decision = Union[Plan, Skip]
 
 # Importing the modules registers their quantizers.
-from . import matmul, concat, batchmatmul  # noqa: E402,F401
+from . import batchmatmul, concat, matmul  # noqa: E402,F401

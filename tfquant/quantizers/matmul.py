@@ -1,14 +1,25 @@
-"""MatMul: QDQ on the activation (input 0) and on the weight (input 1)."""
+"""Weight MatMuls: QDQ on the activation (input 0) and on the weight (input 1).
+
+A MatMul or BatchMatMul(V2) is a *weight MatMul* when input 1 is a weight: a variable read or
+Const, reached through Identity chains and possibly transposed (transpose_b / adj_y or a 2-D
+Transpose op) or, for BatchMatMul, given a leading batch axis of 1 by ExpandDims so that it
+broadcasts over the activation's batch (GPT-2's lm_head: ``BatchMatMulV2(h, ExpandDims(wte),
+adj_y=True)``).  The rewrite turns every weight MatMul into a plain 2-D ``MatMul(x, W)``.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from ..calibrate import is_float
-from ..graph import canonical, parse_input
+from ..graph import canonical, const_value, parse_input
 from ..qparams import activation_range
 from . import ActivationQ, Plan, Skip, WeightQ, register
 
 WEIGHT_PRODUCERS = ("ReadVariableOp", "Const")
+BATCH_MATMULS = ("BatchMatMul", "BatchMatMulV2")
 
 
 def is_weight(graph, tensor: str) -> bool:
@@ -20,6 +31,74 @@ def is_weight(graph, tensor: str) -> bool:
     if node.op == "Mul":
         return all(is_weight(graph, i) for i in node.input[:2])
     return False
+
+
+@dataclass(frozen=True)
+class WeightOperand:
+    """Input 1 of a weight MatMul, traced back to the weight as stored."""
+
+    tensor: str         # the weight (Identity chains, Transpose and ExpandDims skipped)
+    transposed: bool    # the op multiplies by ``tensor`` transposed
+    broadcast: bool     # ExpandDims gave it a leading batch axis of 1 (the op's output rank is then >= 3)
+
+
+def _const_is(graph, tensor: str, value) -> bool:
+    node = graph.node(tensor)
+    return node.op == "Const" and np.array_equal(const_value(node), value)
+
+
+def weight_operand(graph, node) -> Optional[WeightOperand]:
+    """The weight behind input 1 of a (Batch)MatMul, or None when input 1 is not a weight."""
+    batch = node.op in BATCH_MATMULS
+    transposed = node.attr["adj_y" if batch else "transpose_b"].b
+    broadcast = False
+    tensor = graph.skip_identity(node.input[1])
+    while True:
+        producer = graph.node(tensor)
+        if producer.op == "Transpose" and _const_is(graph, producer.input[1], [1, 0]):
+            transposed = not transposed
+        elif batch and not broadcast and producer.op == "ExpandDims" and _const_is(graph, producer.input[1], 0):
+            broadcast = True
+        else:
+            break
+        tensor = graph.skip_identity(producer.input[0])
+    return WeightOperand(tensor, transposed, broadcast) if is_weight(graph, tensor) else None
+
+
+def weight_matmul_activation(graph, node) -> Optional[str]:
+    """The activation tensor a quantized (Batch)MatMul needs a calibrated range for, if any.
+
+    Every float MatMul's input 0 (as calibrated from the start); a BatchMatMul's only when it
+    multiplies by a weight (attention's activation x activation products are never quantized).
+    """
+    if not is_float(node) or (node.op in BATCH_MATMULS and weight_operand(graph, node) is None):
+        return None
+    return canonical(node.input[0])
+
+
+def plan_weight_matmul(node, op_type: str, operand: WeightOperand, policy, ranges):
+    """The plan of a weight MatMul once the op-specific checks passed: activation and weight QDQ."""
+    act = canonical(node.input[0])
+    if act not in ranges:
+        return Skip(node.name, op_type, "no calibrated range for the activation")
+    rng = ranges[act]
+    outliers, lo, hi = split_outlier_channels(rng, policy.outlier_threshold, policy.max_outlier_fraction)
+    per_token = bool(policy.token_outlier_threshold and rng.token_spread
+                     and rng.token_spread > policy.token_outlier_threshold)
+    if per_token:
+        lo, hi = -1.0, 1.0  # every row is divided by its own max|x|
+    dtype, mode = "quint8", policy.activation_mode()
+    if mode == "SCALED":
+        dtype = policy.activation_dtype(rng)
+    lo, hi = activation_range(lo, hi, mode, dtype)
+    return Plan(
+        node.name,
+        op_type,
+        activations=[ActivationQ(0, act, dtype, mode, lo, hi)],
+        weight=WeightQ(1, operand.tensor, policy.weight_per_channel, operand.transposed),
+        outlier_channels=outliers,
+        per_token=per_token,
+    )
 
 
 @register
@@ -34,32 +113,10 @@ class MatMulQuantizer:
             return skip("kept in fp32 by an --exclude pattern")
         if node.attr["transpose_a"].b and not policy.allow_transpose_a:
             return skip("transpose_a=True is only quantized in itex_mode")
-        weight = graph.skip_identity(node.input[1])
-        if not is_weight(graph, weight):
+        operand = weight_operand(graph, node)
+        if operand is None:
             return skip("input 1 is not a weight (variable or constant)")
-        if node.attr["transpose_b"].b:
-            return skip("transpose_b=True weights are not supported yet")
-        act = canonical(node.input[0])
-        if act not in ranges:
-            return skip("no calibrated range for the activation")
-        rng = ranges[act]
-        outliers, lo, hi = split_outlier_channels(rng, policy.outlier_threshold, policy.max_outlier_fraction)
-        per_token = bool(policy.token_outlier_threshold and rng.token_spread
-                         and rng.token_spread > policy.token_outlier_threshold)
-        if per_token:
-            lo, hi = -1.0, 1.0  # every row is divided by its own max|x|
-        dtype, mode = "quint8", policy.activation_mode()
-        if mode == "SCALED":
-            dtype = policy.activation_dtype(rng)
-        lo, hi = activation_range(lo, hi, mode, dtype)
-        return Plan(
-            node.name,
-            self.op_type,
-            activations=[ActivationQ(0, act, dtype, mode, lo, hi)],
-            weight=WeightQ(1, weight, policy.weight_per_channel),
-            outlier_channels=outliers,
-            per_token=per_token,
-        )
+        return plan_weight_matmul(node, self.op_type, operand, policy, ranges)
 
 
 def split_outlier_channels(rng, threshold: float, max_fraction: float):
