@@ -15,7 +15,7 @@ import zlib
 import numpy as np
 import pytest
 
-from tfquant import data, evalset
+from tfquant import data, evalset, rdata
 from tfquant.errors import UserError
 
 # --------------------------------------------------------------------------
@@ -38,44 +38,44 @@ class _RWriter:
 
     def charsxp(self, s: str | None, encoding: str = "utf-8") -> None:
         if s is None:  # NA_character_
-            self.int(evalset.CHARSXP), self.int(-1)
+            self.int(rdata.CHARSXP), self.int(-1)
             return
         raw = s.encode(encoding)
         if raw.isascii():
             levels = 64  # ASCII
         else:
             levels = 8 if encoding == "utf-8" else 4  # UTF8 / LATIN1
-        self.int(evalset.CHARSXP | (levels << 12)), self.int(len(raw))
+        self.int(rdata.CHARSXP | (levels << 12)), self.int(len(raw))
         self.out += raw
 
     def symbol(self, name: str) -> None:
         if name in self.symbols:
-            self.int(((self.symbols.index(name) + 1) << 8) | evalset.REFSXP)
+            self.int(((self.symbols.index(name) + 1) << 8) | rdata.REFSXP)
         else:
             self.symbols.append(name)
-            self.int(evalset.SYMSXP)
+            self.int(rdata.SYMSXP)
             self.charsxp(name)
 
     def names_attr(self, names: list[str]) -> None:
-        self.int(evalset.LISTSXP | 0x400)  # a pairlist cell with a tag
+        self.int(rdata.LISTSXP | 0x400)  # a pairlist cell with a tag
         self.symbol("names")
         self.strsxp(names)
-        self.int(evalset.NILVALUE_SXP)
+        self.int(rdata.NILVALUE_SXP)
 
     def strsxp(self, values, names=None, encoding="utf-8") -> None:
-        self.int(evalset.STRSXP | (0x200 if names else 0)), self.int(len(values))
+        self.int(rdata.STRSXP | (0x200 if names else 0)), self.int(len(values))
         for v in values:
             self.charsxp(v, encoding)
         if names:
             self.names_attr(names)
 
     def intsxp(self, values) -> None:
-        self.int(evalset.INTSXP), self.int(len(values))
+        self.int(rdata.INTSXP), self.int(len(values))
         for v in values:
             self.int(v)
 
     def lglsxp(self, values) -> None:
-        self.int(evalset.LGLSXP), self.int(len(values))
+        self.int(rdata.LGLSXP), self.int(len(values))
         for v in values:
             self.int(int(v))
 
@@ -96,12 +96,12 @@ def make_lazyload_db(books: dict[str, list], encoding="utf-8") -> tuple[bytes, b
         keys[name] = (len(rdb), len(record))
         rdb += record
     w = _RWriter()
-    w.int(evalset.VECSXP | 0x200), w.int(3)  # list(variables=, references=, compressed=)
-    w.int(evalset.VECSXP | 0x200), w.int(len(keys))
+    w.int(rdata.VECSXP | 0x200), w.int(3)  # list(variables=, references=, compressed=)
+    w.int(rdata.VECSXP | 0x200), w.int(len(keys))
     for offset, length in keys.values():
         w.intsxp([offset, length])
     w.names_attr(list(keys))
-    w.int(evalset.VECSXP | 0x200), w.int(0)
+    w.int(rdata.VECSXP | 0x200), w.int(0)
     w.names_attr([])
     w.lglsxp([True])
     w.names_attr(["variables", "references", "compressed"])
@@ -148,9 +148,9 @@ def synthetic_book() -> list[str]:
 def test_lazyload_db_roundtrip():
     books = {"tiny": synthetic_book(), "odd": ["caf\u00e9 cr\u00e8me", None, "", "plain"]}
     rdx, rdb = make_lazyload_db(books)
-    index, method = evalset.read_lazyload_index(rdx)
+    index, method = rdata.read_lazyload_index(rdx)
     assert method == 1 and list(index) == ["tiny", "odd"]
-    vectors = evalset.character_vectors(evalset.read_lazyload_db(rdx, rdb))
+    vectors = rdata.character_vectors(rdata.read_lazyload_db(rdx, rdb))
     assert vectors["tiny"] == books["tiny"]
     assert vectors["odd"] == ["caf\u00e9 cr\u00e8me", "", "", "plain"]  # NA -> ""
 
@@ -158,25 +158,25 @@ def test_lazyload_db_roundtrip():
 def test_latin1_strings_and_names_attribute():
     w = _RWriter()
     w.strsxp(["na\u00efve", "b"], names=["x", "y"], encoding="latin-1")
-    obj = evalset.unserialize(bytes(w.out))
+    obj = rdata.unserialize(bytes(w.out))
     assert obj.value == ["na\u00efve", "b"] and obj.names == ["x", "y"]
 
 
 def test_lazyload_errors():
     rdx, rdb = make_lazyload_db({"tiny": ["a", "b"]})
-    offset, length = evalset.read_lazyload_index(rdx)[0]["tiny"]
+    offset, length = rdata.read_lazyload_index(rdx)[0]["tiny"]
     record = rdb[offset : offset + length]
     bad_len = struct.pack(">I", 999) + record[4:]
     with pytest.raises(UserError, match="header says 999"):
-        evalset.decompress_record(bad_len)
+        rdata.decompress_record(bad_len)
     with pytest.raises(UserError, match="does not decompress"):
-        evalset.decompress_record(record[:4] + b"garbage")
+        rdata.decompress_record(record[:4] + b"garbage")
     with pytest.raises(UserError, match="lies outside"):
-        evalset.read_lazyload_db(rdx, rdb[:-5])
+        rdata.read_lazyload_db(rdx, rdb[:-5])
     with pytest.raises(UserError, match="not an R XDR"):
-        evalset.unserialize(b"A\n1\n")
+        rdata.unserialize(b"A\n1\n")
     with pytest.raises(UserError, match="ends early"):
-        evalset.unserialize(serialize_strings(["hello"])[:-2])
+        rdata.unserialize(serialize_strings(["hello"])[:-2])
 
 
 # --------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def _check_rule(item: dict, rule=DEFAULT_RULE) -> None:
 
 def test_make_items_on_synthetic_db():
     rdx, rdb = make_lazyload_db({"tiny": synthetic_book()})
-    lines = evalset.character_vectors(evalset.read_lazyload_db(rdx, rdb))["tiny"]
+    lines = rdata.character_vectors(rdata.read_lazyload_db(rdx, rdb))["tiny"]
     items = evalset.make_items(evalset.split_chapters(lines), "tiny")
     assert [(i["id"], i["target"]) for i in items] == [("tiny-0000", "garden"), ("tiny-0001", "letter")]
     first, second = items

@@ -48,9 +48,6 @@ class Graph:
         self.library = graph_def.library
 
     # ----- reading ---------------------------------------------------------------------------
-    def __contains__(self, name: str) -> bool:
-        return name in self.nodes
-
     def node(self, name: str) -> node_def_pb2.NodeDef:
         return self.nodes[parse_input(name)[0]]
 

@@ -176,7 +176,7 @@ class _MatMulLowering:
         quant, a_mode, a_min, a_max = self._activation(a_q)
         bias_add, reshape, bias = self._foldable_bias(mm, w_int8.shape[1])
         qw = self.levels / w_max.astype(np.float64)
-        bias_q = _qint32_bias(bias, w_int8, qw, a_mode, a_min, a_max)
+        bias_q = qint32_bias(bias, w_int8, qw, a_mode, a_min, a_max)
 
         w_read = self._int8_weight(weight_tensor, transposed, per_channel, w_int8)
         out_name = mm.name if reshape is not None or bias_add is None else bias_add.name
@@ -265,7 +265,7 @@ class _MatMulLowering:
         return bias_add, reshape, np.zeros(width, np.float32)
 
 
-def _qint32_bias(bias: np.ndarray, w_int8: np.ndarray, qw, a_mode: str, a_min: float, a_max: float) -> np.ndarray:
+def qint32_bias(bias: np.ndarray, w_int8: np.ndarray, qw, a_mode: str, a_min: float, a_max: float) -> np.ndarray:
     """The kernel's bias: round(Qa*Qw*b + Qa*min_a*colsum(W_int8)) (the MIN_FIRST compensation folded in)."""
     qa = 255.0 / (a_max - a_min) if a_mode == "MIN_FIRST" else 255.0 / max(abs(a_max), abs(a_min))
     comp = qa * a_min * w_int8.astype(np.int64).sum(axis=0) if a_mode == "MIN_FIRST" else 0.0

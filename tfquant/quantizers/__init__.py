@@ -7,7 +7,7 @@ not edit the graph: ``tfquant.rewrite`` applies the plans.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 QUANTIZERS: Dict[str, object] = {}
 
@@ -63,8 +63,6 @@ class Skip:
     op_type: str
     reason: str
 
-
-Decision = Union[Plan, Skip]
 
 # Importing the modules registers their quantizers.
 from . import batchmatmul, concat, matmul  # noqa: E402,F401
