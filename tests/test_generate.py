@@ -106,3 +106,21 @@ def test_generate_without_a_decode_signature_falls_back(tiny_gptj):
 def test_generate_bad_input(tiny_gptj, args, needle):
     proc = _generate("--model", tiny_gptj, "--prompt", "Hello", *args)
     assert_one_line_error(proc.returncode, proc.stderr, needle)
+
+
+def test_benchmark_generate_rows(cached_models, tmp_path, capsys):
+    from tfquant import benchmark as bench
+    from tfquant.errors import run_cli
+
+    fp32, int8, _ = cached_models["gpt2"]
+    out = tmp_path / "r.json"
+    code = run_cli(bench.main, ["--input_model", fp32, "--quantized_model", int8, "--generate", "3", "--no_accuracy",
+                                "--no_memory", "--iters", "1", "--warmup", "0", "--seq_len", "16", "--batch_size", "1",
+                                "--gen_tokens", "0", "--quiet", "--output", str(out)])
+    assert code == 0, capsys.readouterr().err
+    models = json.loads(out.read_text())["models"]
+    for m in models:
+        d = m["decoding"]
+        assert d["cached"] and d["new_tokens"] == 3 and d["decode_ms_per_token"] > 0 and d["tokens_per_s"] > 0
+        assert set(d["continuations"]) == {"def hello_world():", "def sum_of_natural_numbers(n):"}
+    assert all("tokens_equal_to_fp32" in c for c in models[1]["decoding"]["continuations"].values())

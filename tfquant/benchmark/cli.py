@@ -60,6 +60,7 @@ class Settings:
     iters: int
     gen_tokens: int
     prompt: str
+    generate: int  # new tokens of the KV-cache decoding run (0: none)
     compare: List[str]  # INC_VARIANTS keys, sorted
     output: str
     chart: Optional[str]
@@ -101,6 +102,10 @@ def parse_args(argv=None):
                         "as a row; 'inc-smoothquant': the same after INC's SmoothQuant (alpha 0.5); repeatable")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"greedy generation prompt (default {DEFAULT_PROMPT!r})")
     p.add_argument("--gen_tokens", default="16", help="new tokens of the generation sample (default 16)")
+    p.add_argument("--generate", default="0", help="N: per model, prefill ms (128-token prompt), decode ms/token and "
+                                                   "tokens/s for N new tokens (the KV cache where the model has a "
+                                                   "decode signature), and the greedy continuations of two code "
+                                                   "prompts with the share of tokens equal to fp32's (default 0: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     return p.parse_args(argv)
 
@@ -180,6 +185,7 @@ def settings_from(args) -> Settings:
     warmup = _int_arg(args.warmup, "--warmup", 0)
     iters = _int_arg(args.iters, "--iters", 1)
     gen_tokens = _int_arg(args.gen_tokens, "--gen_tokens", 0)
+    generate = _int_arg(args.generate, "--generate", 0)
     compare = _compare_arg(args.compare)
     if gen_tokens and not args.prompt.strip():
         raise UserError("--prompt must not be empty (or pass --gen_tokens 0)")
@@ -188,7 +194,7 @@ def settings_from(args) -> Settings:
         input_model=args.input_model, quantized_models=list(args.quantized_model), signature=args.signature,
         tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None,
         dataset=args.dataset, data_dir=args.data_dir, samples=samples, batch_size=batch_size, seq_len=seq_len,
-        warmup=warmup, iters=iters, gen_tokens=gen_tokens, prompt=args.prompt, compare=compare,
+        warmup=warmup, iters=iters, gen_tokens=gen_tokens, prompt=args.prompt, generate=generate, compare=compare,
         output=args.output, chart=args.chart, accuracy=not args.no_accuracy, memory=not args.no_memory,
         cache=not args.no_cache, quiet=bool(args.quiet))
 

@@ -25,6 +25,7 @@ class Measurements:
     latency_ms: Dict[str, List[float]] = field(default_factory=dict)  # 1 x seq_len forwards
     batch_ms: Dict[str, List[float]] = field(default_factory=dict)    # batch_size x seq_len forwards
     memory: Dict[str, dict] = field(default_factory=dict)       # the memory probe's result
+    decoding: Dict[str, dict] = field(default_factory=dict)     # --generate: decoding speed and continuations
 
 
 def measure(specs: List[ModelSpec], items, settings, log: Log) -> Measurements:
@@ -60,6 +61,45 @@ def _measure_loaded(specs: List[ModelSpec], items, settings, log: Log) -> Measur
     for m in models:
         m.release()  # the memory probes are separate processes; free what we can first
     gc.collect()
+    if settings.generate:
+        log(f"decoding: 128-token prompt + {settings.generate} new tokens per model, round robin ...")
+        out.decoding = decoding(specs, tokenizers, settings.generate)
+    return out
+
+
+DECODE_PROMPTS = ("def hello_world():", "def sum_of_natural_numbers(n):")
+DECODE_ROUNDS = 2
+
+
+def decoding(specs: List[ModelSpec], tokenizers, new_tokens: int) -> Dict[str, dict]:
+    """Prefill ms, decode ms/token and tokens/s (best of DECODE_ROUNDS rounds, models alternating), and the
+    greedy continuations of DECODE_PROMPTS with the share of tokens equal to fp32's (the first spec)."""
+    from ..generate import Generator, Sampler
+
+    gens = {s.name: Generator(s.path) for s in specs}
+    prompt = {s.name: bench_tokens(tokenizers[s.tokenizer], 1, 128)[0].tolist() for s in specs}
+    for s in specs:  # warm-up: the first call of each signature traces and allocates
+        gens[s.name].generate(prompt[s.name][:16], 3, Sampler())
+    best: Dict[str, object] = {}
+    for r in range(DECODE_ROUNDS):
+        for s in specs if r % 2 == 0 else specs[::-1]:
+            run = gens[s.name].generate(prompt[s.name], new_tokens, Sampler())
+            if s.name not in best or (run.decode_ms_per_token or 0) < (best[s.name].decode_ms_per_token or 0):
+                best[s.name] = run
+    out = {}
+    for s in specs:
+        run, tok = best[s.name], tokenizers[s.tokenizer]
+        out[s.name] = {"prompt_tokens": 128, "new_tokens": new_tokens, "cached": run.cached,
+                       "prefill_ms": run.prefill_ms, "decode_ms_per_token": run.decode_ms_per_token,
+                       "tokens_per_s": run.tokens_per_s, "continuations": {}}
+        for text in DECODE_PROMPTS:
+            ids = gens[s.name].generate(encode(tok, text), new_tokens, Sampler()).new_ids
+            out[s.name]["continuations"][text] = {"text": tok.decode(ids), "new_token_ids": ids}
+    fp32 = specs[0].name
+    for s in specs[1:]:
+        for text, c in out[s.name]["continuations"].items():
+            ref = out[fp32]["continuations"][text]["new_token_ids"]
+            c["tokens_equal_to_fp32"] = sum(a == b for a, b in zip(c["new_token_ids"], ref)) / max(len(ref), 1)
     return out
 
 

@@ -49,6 +49,8 @@ def _model_entry(spec, fp32, measured, settings, fp32_size: int, fp32_latency: f
         "memory": measured.memory.get(spec.name),
         "generation": ({"prompt": settings.prompt, **gen} if gen is not None else None),
     }
+    if spec.name in measured.decoding:
+        entry["decoding"] = measured.decoding[spec.name]
     entry.update(spec.extra)  # e.g. "inc": how INC's quantization went
     if spec.name in measured.accuracy:
         entry["accuracy"] = _accuracy_entry(measured.accuracy[spec.name])
@@ -95,6 +97,7 @@ def results_json(entries: List[dict], settings, items, applied: Dict[str, str]) 
             "item_ids_sha256": hashlib.sha256("\n".join(i.id for i in items).encode()).hexdigest() if scored else None,
             "batch_size": settings.batch_size, "seq_len": settings.seq_len, "warmup": settings.warmup,
             "iters": settings.iters, "gen_tokens": settings.gen_tokens, "prompt": settings.prompt,
+            "generate": settings.generate,
             "tokenization": "ctx=encode(context), tgt=encode(' ' + target), no special tokens; input = (ctx+tgt)[:-1]",
             "timing": "round robin: every round runs every model once, rotating the order",
             "units": "ms; MB = 2**20 bytes; accuracies are fractions with 95% Wilson intervals",
@@ -226,6 +229,19 @@ def _generation_note(e: dict) -> Optional[str]:
     return f"{e['name']} greedy: {g['prompt']!r} -> {g['text']!r}{extra}"
 
 
+def _decoding_note(e: dict) -> Optional[str]:
+    d = e.get("decoding")
+    if not d:
+        return None
+    how = "KV cache" if d["cached"] else "no decode signature: recomputed"
+    line = (f"{e['name']} decoding ({how}): prefill {d['prefill_ms']:.1f} ms for {d['prompt_tokens']} tokens, "
+            f"decode {d['decode_ms_per_token']:.2f} ms/token, {d['tokens_per_s']:.1f} tokens/s")
+    for text, c in d["continuations"].items():
+        same = f" [{100 * c['tokens_equal_to_fp32']:.0f}% of tokens as fp32]" if "tokens_equal_to_fp32" in c else ""
+        line += f"\n  {text!r} -> {c['text']!r}{same}"
+    return line
+
+
 def format_notes(entries: List[dict], applied: Dict[str, str]) -> List[str]:
     """The lines under the table: the env vars this run set, where accuracies came from, the generations."""
     notes = []
@@ -234,6 +250,7 @@ def format_notes(entries: List[dict], applied: Dict[str, str]) -> List[str]:
                      "this run (a model needs it); timings without it can differ")
     notes += [n for n in map(_cache_note, entries) if n]
     notes += [n for n in map(_generation_note, entries) if n]
+    notes += [n for n in map(_decoding_note, entries) if n]
     return notes
 
 
