@@ -15,4 +15,4 @@ if [ ! -f "$FP32/saved_model.pb" ]; then
 fi
 $PY -m tfquant.quantize --input_model "$FP32" --output_dir "$OUT/smollm2-int8" --overwrite
 $PY -m tfquant.benchmark --input_model "$FP32" --quantized_model "$OUT/smollm2-int8" \
-    --samples "$SAMPLES" --output "$OUT/benchmark.json" --chart "$OUT/benchmark.png"
+    --samples "$SAMPLES" --generate 32 --output "$OUT/benchmark.json" --chart "$OUT/benchmark.png"
