@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from .errors import UserError
-from .graph import Graph, canonical, parse_input
+from .graph import Graph, canonical, is_float, parse_input
 
 OBSERVERS = ("minmax", "percentile", "mse", "kl")
 
@@ -191,10 +191,6 @@ def _kl_range(hist: Histogram, lo: float, hi: float, target_bins: int = 128) -> 
 
 
 # ----- what to observe -------------------------------------------------------------------------
-def is_float(node) -> bool:
-    return node.attr["T"].type == 1  # DT_FLOAT
-
-
 def activation_tensors(graph: Graph, include_concat: bool = True) -> List[str]:
     """Float activation inputs of MatMul and of BatchMatMul by a weight (input 0) and of float ConcatV2
     (every data input, unless the policy never quantizes ConcatV2).

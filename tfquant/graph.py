@@ -29,6 +29,11 @@ def tensor_name(node: str, index: int = 0) -> str:
     return node if index == 0 else f"{node}:{index}"
 
 
+def is_float(node) -> bool:
+    """Whether an op computes in float32 (its ``T`` attr): int32 shape arithmetic is never quantized."""
+    return node.attr["T"].type == types_pb2.DT_FLOAT
+
+
 def canonical(tensor: str) -> str:
     """'a:0' and 'a' are the same tensor; GraphDef spells it 'a'."""
     node, idx = parse_input(tensor)

@@ -17,8 +17,8 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
-from .calibrate import TensorRange, is_float
-from .graph import DType, Graph, canonical, make_const, make_node, parse_input
+from .calibrate import TensorRange
+from .graph import DType, Graph, canonical, is_float, make_const, make_node, parse_input
 from .quantizers.matmul import is_weight
 
 

@@ -26,7 +26,7 @@ import tempfile
 
 import _bootstrap  # noqa: F401
 
-from tfquant import evalset
+from tfquant import evalset, rdata
 from tfquant.errors import UserError, run_cli
 from tfquant.fsutil import atomic_write_text, sha256_file
 
@@ -160,7 +160,7 @@ def build(rdx_path: str, rdb_path: str, output: str, source: dict) -> dict:
         rdx = fh.read()
     with open(rdb_path, "rb") as fh:
         rdb = fh.read()
-    books = evalset.character_vectors(evalset.read_lazyload_db(rdx, rdb))
+    books = rdata.character_vectors(rdata.read_lazyload_db(rdx, rdb))
     missing = [b for b in EVAL_BOOKS + (CALIB_BOOK,) if b not in books]
     if missing:
         raise UserError(f"the R database lacks {missing}; it holds {sorted(books)}")

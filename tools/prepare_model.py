@@ -30,12 +30,9 @@ import argparse
 import os
 import sys
 
-try:
-    import tfquant  # noqa: F401
-except ImportError:  # run as "python tools/prepare_model.py" from a checkout
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _bootstrap  # noqa: F401
 
-from tfquant.errors import UserError, run_cli  # noqa: E402
+from tfquant.errors import UserError, run_cli
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,7 +2,7 @@
 activation's batch, e.g. GPT-2's tied lm_head); attention scores and context stay float."""
 from __future__ import annotations
 
-from ..calibrate import is_float
+from ..graph import is_float
 from . import Skip, register
 from .matmul import plan_weight_matmul, weight_operand
 

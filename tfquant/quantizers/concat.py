@@ -1,8 +1,7 @@
 """ConcatV2 (float only): QDQ on every data input, under the reference's rules."""
 from __future__ import annotations
 
-from ..calibrate import is_float
-from ..graph import canonical
+from ..graph import canonical, is_float
 from ..qparams import activation_range
 from . import ActivationQ, Plan, Skip, register
 

@@ -13,8 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..calibrate import is_float
-from ..graph import canonical, const_value, parse_input
+from ..graph import canonical, const_value, is_float, parse_input
 from ..qparams import activation_range
 from . import ActivationQ, Plan, Skip, WeightQ, register
 
