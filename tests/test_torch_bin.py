@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import ROOT, TINY_CONFIG, run_logits  # noqa: E402
+from test_models import tf_gptj_to_pt_state  # noqa: E402  (HF PyTorch names of a TF GPT-J's weights)
 
 from tfquant.errors import UserError  # noqa: E402
 from tfquant.models import load_gptj_checkpoint, load_yaml_config, prepare_from_checkpoint  # noqa: E402
@@ -84,32 +85,12 @@ def test_reads_without_torch(tmp_path):
 
 # --------------------------------------------------------------------------- the tiny GPT-J as a .bin checkpoint
 
-def _hf_state(model) -> dict:
-    """HF PyTorch names -> numpy weights of a TF GPT-J (a loaded SavedModel or a TFGPTJForCausalLM).
-
-    torch Linear weights are [out, in], TF Dense kernels [in, out]: kernels are transposed.
-    """
-    t = model.transformer
-    state = {"transformer.wte.weight": t.wte.weight.numpy(),
-             "transformer.ln_f.weight": t.ln_f.gamma.numpy(), "transformer.ln_f.bias": t.ln_f.beta.numpy(),
-             "lm_head.weight": model.lm_head.kernel.numpy().T, "lm_head.bias": model.lm_head.bias.numpy()}
-    for i, blk in enumerate(t.h):
-        p = f"transformer.h.{i}."
-        state[p + "ln_1.weight"], state[p + "ln_1.bias"] = blk.ln_1.gamma.numpy(), blk.ln_1.beta.numpy()
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            state[p + f"attn.{proj}.weight"] = getattr(blk.attn, proj).kernel.numpy().T
-        for fc in ("fc_in", "fc_out"):
-            state[p + f"mlp.{fc}.weight"] = getattr(blk.mlp, fc).kernel.numpy().T
-            state[p + f"mlp.{fc}.bias"] = getattr(blk.mlp, fc).bias.numpy()
-    return state
-
-
 @pytest.fixture(scope="module")
 def tiny_torch_state(tiny_gptj):
     """The session's tiny GPT-J as a torch state dict, with the buffers real GPT-J checkpoints carry."""
     import tensorflow as tf
 
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _hf_state(tf.saved_model.load(tiny_gptj)).items()}
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tf_gptj_to_pt_state(tf.saved_model.load(tiny_gptj)).items()}
     n_pos = TINY_FIELDS["n_positions"]
     state["transformer.h.0.attn.bias"] = torch.tril(torch.ones(n_pos, n_pos, dtype=torch.bool)).view(1, 1, n_pos, n_pos)
     state["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e9)
@@ -150,7 +131,7 @@ def test_half_precision_bin_checkpoint(tmp_path, tiny_torch_state, dtype):
     """fp16 / bf16 weights load into the TF model as exactly their float32 values."""
     half = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in tiny_torch_state.items()}
     _write_bin_checkpoint(tmp_path / "ckpt", half)
-    loaded = _hf_state(load_gptj_checkpoint(str(tmp_path / "ckpt")))
+    loaded = tf_gptj_to_pt_state(load_gptj_checkpoint(str(tmp_path / "ckpt")))
     for name, value in loaded.items():
         assert value.dtype == np.float32, name
         np.testing.assert_array_equal(value, half[name].float().numpy(), err_msg=name)
