@@ -163,18 +163,18 @@ def test_dump_graph_from_saved_model(tiny_gptj, tmp_path):
 
 def test_every_shipped_recipe_resolves_to_a_valid_policy():
     import glob
-    import inspect
 
     from tfquant.policy import QuantPolicy
     from tfquant.quantize import parse_args, resolve_options
 
-    accepted = set(inspect.signature(QuantPolicy.from_flags).parameters)
     recipes = sorted(glob.glob(os.path.join(ROOT, "configs", "recipes", "*.yaml")))
-    assert len(recipes) >= 4
+    assert len(recipes) >= 13
     for path in recipes:
-        opts = resolve_options(parse_args(["--output_dir", "unused", "--config", path]))
-        policy = QuantPolicy.from_flags(**{k: v for k, v in opts.items() if k in accepted})
+        recipe, _ = resolve_options(parse_args(["--output_dir", "unused", "--config", path]))
+        policy = QuantPolicy.from_recipe(recipe)
         assert policy.output_format == "int8", path
-    fast = resolve_options(parse_args(["--output_dir", "unused", "--config",
-                                       os.path.join(ROOT, "configs", "recipes", "fast.yaml")]))
-    assert (fast["outlier_threshold"], fast["max_outlier_fraction"], fast["token_outlier_threshold"]) == (6.0, 0.01, 0)
+    fast, _ = resolve_options(parse_args(["--output_dir", "unused", "--config", "fast"]))  # a preset by name
+    assert (fast.outlier_threshold, fast.max_outlier_fraction, fast.token_outlier_threshold) == (6.0, 0.01, 0)
+    w4, _ = resolve_options(parse_args(["--output_dir", "unused", "--config", "w4a16-g32-asym", "--group_size", "64"]))
+    assert QuantPolicy.from_recipe(w4).weight_format_options == (
+        ("granularity", "per_group"), ("symmetric", False), ("group_size", 64))  # the flag wins over the preset

@@ -22,3 +22,12 @@ def config_path(name: str) -> str:
         if os.path.isfile(path):
             return path
     raise UserError(f"shipped config {name} not found in {' or '.join(_CONFIG_DIRS)} (reinstall tfquant)")
+
+
+def presets() -> list:
+    """The names of the shipped recipes (``configs/recipes/NAME.yaml``), sorted."""
+    for directory in _CONFIG_DIRS:
+        folder = os.path.join(directory, "recipes")
+        if os.path.isdir(folder):
+            return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+    return []

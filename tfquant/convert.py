@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, List, Optional, Sequence
 
 from . import savedmodel
@@ -16,14 +16,9 @@ from .graph import Graph
 from .graphio import write_graph_def
 from .modeldir import CONFIG_FILES, REPORT_JSON, ModelFolder, locate, max_positions
 from .modeldir import TFQUANT_MODEL_SUBDIR as MODEL_SUBDIR
-from .policy import (
-    DEFAULT_MAX_OUTLIER_FRACTION,
-    DEFAULT_OUTLIER_THRESHOLD,
-    DEFAULT_PER_CHANNEL_MIN_SPREAD,
-    DEFAULT_TOKEN_OUTLIER_THRESHOLD,
-    QuantPolicy,
-)
+from .policy import QuantPolicy
 from .quantizers import Skip
+from .recipe import InputOptions, Recipe, split_options
 from .report import write_json
 from .rewrite import insert_qdq, plan_all, settle_weight_granularity
 from .savedmodel import SIGNATURE_KEY
@@ -137,6 +132,8 @@ def _calibrate(inp: ModelInput, graph: Graph, policy: QuantPolicy, observer: str
     import tensorflow as tf
 
     model = inp.model
+    if not policy.needs_calibration:  # dynamic and weight-only schemes take no ranges from data
+        return {}
     tensors = activation_tensors(graph, include_concat=not policy.concat_skip_reason)
     runner = savedmodel.build_function(model.graph_def, model, model.captures, {t_: t_ for t_ in tensors})
     needs_channels = policy.outlier_threshold or policy.smooth_alpha or policy.token_outlier_threshold
@@ -194,48 +191,44 @@ def measured_fallback(prep: Prepared, budget_kl: float, max_ops: int, kl_samples
 
 
 def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_only: bool = False, *,
-                      output_format: Optional[str] = None, weight_granularity: str = "per_channel", exclude: Iterable[str] = (),
-                      weight_bits: int = 7, outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD,
-                      max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION,
-                      token_outlier_threshold: float = DEFAULT_TOKEN_OUTLIER_THRESHOLD, fuse_matmuls: bool = False,
-                      per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD,
-                      smooth_alpha: float = 0.0,
-                      fallback_kl: float = 0.0,
-                      fallback_max_ops: int = 16, fallback_windows: int = 2,
-                      signature: Optional[str] = None, tokenizer: Optional[str] = None,
-                      calib_dataset: Optional[str] = None, data_dir: Optional[str] = None,
-                      calib_text: Optional[str] = None, calib_samples: int = 16, seq_len: int = 128,
-                      observer: str = "mse", simplify: bool = True, overwrite: bool = False,
-                      progress: bool = True) -> dict:
+                      recipe: Optional[Recipe] = None, inputs: Optional[InputOptions] = None,
+                      overwrite: bool = False, progress: bool = True, **options) -> dict:
     """Quantize the SavedModel at ``src`` and write the result under ``dst``.
+
+    The scheme is ``recipe`` (a ``tfquant.recipe.Recipe``; default: static W8A8) and what to read is
+    ``inputs`` (``InputOptions``); any field of either can also be given as a keyword argument
+    (``weights="int4", group_size=128, calib_dataset="lambada"``), which wins over the value objects.
 
     ``src`` is a SavedModel folder, a folder holding ``saved_model/<version>/`` (Hugging Face's
     ``save_pretrained(saved_model=True)``) or a tfquant output.  Every signature is converted (or only
-    ``signature``) and kept under its name with every input and output; signatures that read the same
-    weights (prefill and decode) read the same int8 variables.  ``tokenizer`` (a folder or tokenizer.json) overrides
-    the model's own; calibration reads ``calib_dataset`` (austen, lambada with ``data_dir``, a .txt or
-    .jsonl file) or ``calib_text``.
+    ``inputs.signature``) and kept under its name with every input and output; signatures that read the
+    same weights (prefill and decode) read the same quantized variables.
     ``dst`` receives ``model/`` (the converted SavedModel), ``extracted_graph_def.pb``,
     ``converted_graph_def.pb`` and ``report.json``; it appears only when everything succeeded.
-    ``fallback_kl`` > 0 keeps the most sensitive ops in fp32 until the output KL on the calibration
-    windows is within that budget (never with ``performance_only``).  Returns the report.
+    Returns the report.
     """
-    policy = QuantPolicy.from_flags(itex_mode=itex_mode, performance_only=performance_only,
-                                    output_format=output_format, weight_granularity=weight_granularity, exclude=exclude,
-                                    weight_bits=weight_bits, outlier_threshold=outlier_threshold,
-                                    token_outlier_threshold=token_outlier_threshold,
-                                    max_outlier_fraction=max_outlier_fraction, fuse_matmuls=fuse_matmuls,
-                                    per_channel_min_spread=per_channel_min_spread,
-                                    smooth_alpha=smooth_alpha, simplify=simplify)
-    if fallback_kl < 0 or fallback_max_ops < 0 or fallback_windows <= 0:
-        raise UserError("fallback budget and op count must be >= 0 and fallback windows > 0")
+    if itex_mode:
+        options["itex_mode"] = True
+    if performance_only:
+        options["performance_only"] = True
+    recipe_options, input_options = split_options(options)
+    if "exclude" in recipe_options:
+        recipe_options["exclude"] = tuple(recipe_options["exclude"])
+    recipe = replace(recipe or Recipe(), **recipe_options)
+    inputs = replace(inputs or InputOptions(), **input_options)
+    policy = QuantPolicy.from_recipe(recipe)
+    recipe = recipe.resolved()
+    observer = recipe.observer
     check_output_dir(dst, overwrite)  # before minutes of work, not after
     t = time.perf_counter()
-    inputs = open_inputs(src, signatures=[signature] if signature else None, tokenizer=tokenizer,
-                         calib_dataset=calib_dataset, data_dir=data_dir, calib_text=calib_text,
-                         calib_samples=calib_samples, seq_len=seq_len)
+    signature = inputs.signature
+    inputs = open_inputs(src, signatures=[signature] if signature else None, tokenizer=inputs.tokenizer,
+                         calib_dataset=inputs.calib_dataset, data_dir=inputs.data_dir, calib_text=inputs.calib_text,
+                         calib_samples=inputs.calib_samples, seq_len=inputs.seq_len)
     timings = {"extract": time.perf_counter() - t}
-    fallback_options = (fallback_kl, fallback_max_ops, fallback_windows) if fallback_kl > 0 and policy.allow_fallback else None
+    fallback_options = None
+    if recipe.fallback_kl > 0 and policy.allow_fallback:
+        fallback_options = (recipe.fallback_kl, recipe.fallback_max_ops, recipe.fallback_windows)
     store = VariableStore()  # signatures that read one fp32 weight share its int8 variable
     results = []
     for inp in inputs:
@@ -246,7 +239,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
         for k, v in results[-1].timings.items():
             timings[k] = timings.get(k, 0.0) + v
     primary = results[0]
-    report = {**inputs[0].describe(), "policy": policy.describe(),
+    report = {**inputs[0].describe(), "recipe": recipe.describe(), "policy": policy.describe(),
               "calibration": {**inputs[0].calibration.describe(), "observer": observer}, **primary.report}
     if len(results) > 1:
         report["other_signatures"] = {r.model.signature: r.summary() for r in results[1:]}
@@ -303,6 +296,8 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     teacher-forced steps of real text: decode top-1 agreement with fp32 0.958/0.927/0.875 with its own
     ranges, 0.969/0.948/0.938 with the prefill's, equal to the prefill's own agreement).
     """
+    if policy.weight_only:
+        return _encode_signature(inp, policy, store)
     ranges, timings = None, {}
     if prefill_ranges is not None:
         t = time.perf_counter()
@@ -349,6 +344,31 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     }
     chosen = tuple(fallback["ops"]) if fallback else tuple(fallback_ops)
     return SignatureResult(model, converted, captures, report, timings, chosen, len(inp.batches), prep.ranges)
+
+
+def _encode_signature(inp: ModelInput, policy: QuantPolicy, store: VariableStore) -> SignatureResult:
+    """plan -> store weights in their format, decode in the graph -> simplify -> prune (weight-only schemes)."""
+    from .weightonly import encode_weights
+
+    t = time.perf_counter()
+    model = inp.model
+    graph = Graph(model.graph_def)
+    before = graph.op_histogram()
+    decisions = plan_all(graph, policy, {})
+    captures = dict(model.captures)
+    encoded = encode_weights(graph, decisions, model, captures, policy, store)
+    simplified = None
+    if policy.simplify:
+        from .simplify import simplify_rotary
+
+        simplified = simplify_rotary(graph)
+    graph.prune(list(model.outputs.values()), keep=[n.split(":")[0] for n in model.inputs.values()])
+    captures = {k: v for k, v in captures.items() if k in graph.nodes}
+    report = {"op_histogram": {"before": before, "after": graph.op_histogram()},
+              "quantized": [{"op": o["op"], "op_type": "MatMul", "weight_format": o["format"]} for o in encoded["ops"]],
+              "skipped": encoded.pop("skipped"), "weight_only": encoded, "lowered": None, "simplified": simplified,
+              "ranges": {}}
+    return SignatureResult(model, graph.to_graph_def(), captures, report, {"rewrite": time.perf_counter() - t}, (), 0, {})
 
 
 def _keep_side_files(inp: ModelInput, out_model: str) -> None:

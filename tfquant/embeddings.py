@@ -33,7 +33,7 @@ def lower_embeddings(graph: Graph, captures: Dict[str, object], tables: Dict[str
             tied.append({"gather": node.name, "table": tables[handle].read})
         elif var is None or not hasattr(var, "numpy") or len(var.shape) != 2:
             continue
-        elif _read_in_fp32(graph, consumers, handle):
+        elif read_in_fp32(graph, consumers, handle):
             not_lowered.append({"op": node.name, "reason": "the table is also read in fp32 (an lm_head kept fp32?): "
                                                           "an int8 copy beside it would grow the model"})
             continue
@@ -44,7 +44,7 @@ def lower_embeddings(graph: Graph, captures: Dict[str, object], tables: Dict[str
     return {"ops": ops, "tied": tied, "not_lowered": not_lowered, "replaced_reads": reads}
 
 
-def _read_in_fp32(graph: Graph, consumers, handle: str) -> bool:
+def read_in_fp32(graph: Graph, consumers, handle: str) -> bool:
     """Whether a ReadVariableOp of ``handle`` still has a data consumer (dead nodes already pruned)."""
     for read in graph.by_op("ReadVariableOp"):
         if graph.resource_handle(read.name) != handle:

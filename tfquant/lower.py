@@ -102,7 +102,7 @@ class Int8Table:
     scale: float = 0.0        # ... or, with row_scale None (a per-tensor kernel), one scale for every row
 
 
-def _table_handle(graph: Graph, tensor: str) -> Optional[str]:
+def table_handle(graph: Graph, tensor: str) -> Optional[str]:
     """The variable a weight QuantizeV2 reads unchanged (through EnsureShape/Identity), else None
     (a Const, or a weight scaled by SmoothQuant / masked for outliers: not the table itself)."""
     node = graph.node(tensor)
@@ -130,7 +130,7 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
     # remaining reader of an fp32 weight a real one (an lm_head kept fp32 still needs its table).
     graph.prune(list(model.outputs.values()), keep=[parse_input(t)[0] for t in model.inputs.values()])
     embedding = lower_embeddings(graph, captures, lowering.tables, store)
-    _drop_dead_weight_controls(graph, lowering.replaced_reads | set(embedding["replaced_reads"]))
+    drop_dead_weight_controls(graph, lowering.replaced_reads | set(embedding["replaced_reads"]))
     graph.toposort()
     return {
         "count": len(lowering.lowered),
@@ -195,7 +195,7 @@ class _MatMulLowering:
         if per_channel:
             row_scale = graph.add(make_const(f"{prefix}_channel_scale", (1.0 / qw).astype(np.float32))).name
             graph.add(make_node("Mul", out_name, [kernel_name, row_scale], {"T": DType("float")}))
-        handle = _table_handle(graph, weight_tensor) if transposed else None
+        handle = table_handle(graph, weight_tensor) if transposed else None
         if handle in self.gathered:  # an embedding tied to this lm_head: the gather will read w_read
             self.tables[handle] = Int8Table(w_read, row_scale, 0.0 if per_channel else float(1.0 / qw))
         self.replaced_reads.update(graph.weight_reads(weight_tensor))
@@ -291,7 +291,7 @@ def _kernel_node(graph: Graph, name: str, prefix: str, quant: str, w_read: str, 
         "is_weight_const": True, "is_bias_const": True, "_kernel": MKL_LABEL})
 
 
-def _drop_dead_weight_controls(graph: Graph, replaced: set) -> None:
+def drop_dead_weight_controls(graph: Graph, replaced: set) -> None:
     """Control edges to replaced fp32 weight reads would keep the fp32 weights in the model."""
     consumers = graph.consumers()
     dead = []

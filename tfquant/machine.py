@@ -12,9 +12,14 @@ def cpu_model() -> Optional[str]:
     return _cpuinfo_field("model name")
 
 
+def cpu_flags() -> List[str]:
+    """Every ISA flag /proc/cpuinfo lists, sorted ([] when unknown)."""
+    return sorted(set((_cpuinfo_field("flags") or "").split()))
+
+
 def cpu_int8_flags() -> List[str]:
     """The ISA flags from /proc/cpuinfo that matter for int8 GEMM, in a fixed order ([] when unknown)."""
-    flags = set((_cpuinfo_field("flags") or "").split())
+    flags = set(cpu_flags())
     return [f for f in INT8_ISA_FLAGS if f in flags]
 
 

@@ -10,17 +10,14 @@ from dataclasses import dataclass, field
 from typing import Tuple
 
 from .errors import UserError
+from .recipe import BLOCK_WEIGHTS, Recipe
 
-FORMATS = ("int8", "qdq")
-
-
-# The default outlier recipe, chosen on SmolLM2-135M (README "Choosing a recipe"): output KL on the calibration
-# windows 0.139 with (6, 0.01, no per-token) -> 0.033 with (3, 0.03, 3) for ~0.03x more latency.
-DEFAULT_OUTLIER_THRESHOLD = 3.0
-DEFAULT_MAX_OUTLIER_FRACTION = 0.03
-DEFAULT_TOKEN_OUTLIER_THRESHOLD = 3.0
-# Per-channel weight scales only where a weight's column ranges differ by more than this (see the field below).
-DEFAULT_PER_CHANNEL_MIN_SPREAD = 1.1
+# Each default lives in tfquant.recipe.Recipe; these names stay for the modules that print them.
+_R = Recipe()
+DEFAULT_OUTLIER_THRESHOLD = _R.outlier_threshold
+DEFAULT_MAX_OUTLIER_FRACTION = _R.max_outlier_fraction
+DEFAULT_TOKEN_OUTLIER_THRESHOLD = _R.token_outlier_threshold
+DEFAULT_PER_CHANNEL_MIN_SPREAD = _R.per_channel_min_spread
 
 
 @dataclass(frozen=True)
@@ -54,46 +51,57 @@ class QuantPolicy:
     fuse_shared_input: bool = False
     # int8 format: exact fp32 rewrites of slow glue around the kernels (tfquant/simplify.py: GPT-J's rotary).
     simplify: bool = True
+    # --- the scheme (tfquant/recipe.py) ---
+    activations: str = "int8"               # int8 (calibrated) | dynamic (per-token at run time) | none (weight-only)
+    weight_format: str = ""                 # weight-only: the tfquant.formats name the weights are stored in
+    weight_format_options: Tuple[tuple, ...] = ()  # ... and its options (granularity, group size, symmetric)
+    compute_dtype: str = "float32"          # weight-only MatMuls: bfloat16 where bf16 weights meet a CPU with bf16 units
 
     @classmethod
-    def from_flags(cls, itex_mode: bool = False, performance_only: bool = False, output_format: str = None,
-                   weight_granularity: str = "per_channel", exclude=(), weight_bits: int = 7,
-                   outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD, smooth_alpha: float = 0.0,
-                   token_outlier_threshold: float = DEFAULT_TOKEN_OUTLIER_THRESHOLD,
-                   max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION,
-                   fuse_matmuls: bool = False, per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD,
-                   simplify: bool = True) -> QuantPolicy:
+    def from_flags(cls, **options) -> QuantPolicy:
+        """``from_recipe(Recipe(**options))``: the recipe's field names as keyword arguments."""
+        return cls.from_recipe(Recipe(**options))
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> QuantPolicy:
+        r = recipe.resolved()
+        itex_mode, performance_only, output_format = r.itex_mode, r.performance_only, r.output_format
         if output_format is None:
             # ITEX fuses QDQ itself at run time; stock TF needs the lowered int8 kernels to be fast.
             output_format = "qdq" if itex_mode else "int8"
-        if output_format not in FORMATS:
-            raise UserError(f"unknown --format {output_format!r} (choose from {', '.join(FORMATS)})")
         if itex_mode and output_format != "qdq":
             raise UserError("--itex_mode writes a QDQ graph for ITEX to fuse; it cannot be combined with --format int8")
-        if weight_granularity not in ("per_channel", "per_tensor"):
-            raise UserError(f"weight granularity must be per_channel or per_tensor, got {weight_granularity!r}")
-        if not 0.0 <= smooth_alpha <= 1.0:
-            raise UserError(f"--smooth_alpha must be in [0, 1], got {smooth_alpha}")
-        if outlier_threshold < 0:
-            raise UserError(f"--outlier_threshold must be >= 0, got {outlier_threshold}")
-        if not 0.0 < max_outlier_fraction <= 0.5:
-            raise UserError(f"--max_outlier_fraction must be in (0, 0.5], got {max_outlier_fraction}")
-        if per_channel_min_spread < 1.0:
-            raise UserError(f"--per_channel_min_spread must be >= 1, got {per_channel_min_spread}")
-        if token_outlier_threshold < 0:
-            raise UserError(f"--token_outlier_threshold must be >= 0, got {token_outlier_threshold}")
-        if weight_bits not in (7, 8):
-            raise UserError(f"--weight_bits must be 7 or 8, got {weight_bits}")
-        for pattern in exclude:
+        if not 0.0 <= r.smooth_alpha <= 1.0:
+            raise UserError(f"--smooth_alpha must be in [0, 1], got {r.smooth_alpha}")
+        if r.outlier_threshold < 0:
+            raise UserError(f"--outlier_threshold must be >= 0, got {r.outlier_threshold}")
+        if not 0.0 < r.max_outlier_fraction <= 0.5:
+            raise UserError(f"--max_outlier_fraction must be in (0, 0.5], got {r.max_outlier_fraction}")
+        if r.per_channel_min_spread < 1.0:
+            raise UserError(f"--per_channel_min_spread must be >= 1, got {r.per_channel_min_spread}")
+        if r.token_outlier_threshold < 0:
+            raise UserError(f"--token_outlier_threshold must be >= 0, got {r.token_outlier_threshold}")
+        if r.fallback_kl < 0 or r.fallback_max_ops < 0 or r.fallback_windows <= 0:
+            raise UserError("fallback budget and op count must be >= 0 and fallback windows > 0")
+        for pattern in r.exclude:
             try:
                 re.compile(pattern)
             except re.error as exc:
                 raise UserError(f"bad --exclude pattern {pattern!r}: {exc}") from None
+        dynamic = r.activations == "dynamic"
+        weight_only = r.activations == "none"
+        fmt, fmt_options = weight_format(r) if weight_only else ("", ())
+        weight_granularity, smooth_alpha, fuse_matmuls = r.weight_granularity, r.smooth_alpha, r.fuse_matmuls
+        exclude, weight_bits, simplify = r.exclude, r.weight_bits, r.simplify
+        outlier_threshold, token_outlier_threshold = r.outlier_threshold, r.token_outlier_threshold
+        max_outlier_fraction, per_channel_min_spread = r.max_outlier_fraction, r.per_channel_min_spread
         return cls(
             itex_mode=itex_mode,
             performance_only=performance_only,
             concat_skip_reason=(
                 "itex_mode: ConcatV2 gets no QDQ" if itex_mode else
+                "weight-only: activations stay float" if weight_only else
+                "dynamic activations: a ConcatV2 has no run-time range" if dynamic else
                 "int8 format: no int8 kernel consumes a ConcatV2 on stock TF, QDQ would only add error"
                 if output_format == "int8" else ""),
             concat_needs_nonnegative=not performance_only,
@@ -108,16 +116,29 @@ class QuantPolicy:
             weight_bits=weight_bits,
             exclude=tuple(exclude),
             # performance_only means no fallback of any kind, partial (outlier channels) included
-            outlier_threshold=0.0 if performance_only else float(outlier_threshold),
+            # dynamic ranges are per token by construction, and without calibration no channel is known to be an outlier
+            outlier_threshold=0.0 if performance_only or dynamic or weight_only else float(outlier_threshold),
             # itex_mode: measured, one per-token rescale (Abs/Max/RealDiv) anywhere in the graph and ITEX fused
             # nothing at all (6x slower than fp32, the weight QDQ then runs every call); so no per-token there.
-            token_outlier_threshold=0.0 if performance_only or itex_mode else float(token_outlier_threshold),
+            token_outlier_threshold=0.0 if performance_only or itex_mode or weight_only else float(token_outlier_threshold),
             max_outlier_fraction=float(max_outlier_fraction),
             smooth_alpha=float(smooth_alpha),
             weights_as_const=itex_mode,
             fuse_shared_input=fuse_matmuls and output_format == "int8",
             simplify=simplify and output_format == "int8",
+            activations=r.activations,
+            weight_format=fmt,
+            weight_format_options=fmt_options,
+            compute_dtype=compute_dtype(r.weights),
         )
+
+    @property
+    def weight_only(self) -> bool:
+        return self.activations == "none"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.activations == "int8"
 
     def activation_mode(self) -> str:
         return "SCALED" if self.symmetric_activations else "MIN_FIRST"
@@ -134,3 +155,29 @@ class QuantPolicy:
 
     def describe(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def weight_format(r: Recipe) -> Tuple[str, tuple]:
+    """(tfquant.formats name, its options) of a resolved weight-only recipe."""
+    if r.weights in BLOCK_WEIGHTS:
+        return BLOCK_WEIGHTS[r.weights][0], ()
+    if r.weights in ("bf16", "fp16"):
+        return r.weights, ()
+    base = "int8_per_channel" if r.weights == "int8" else "int4_g32"
+    options = (("granularity", r.weight_granularity), ("symmetric", r.symmetric))
+    if r.weight_granularity == "per_group":
+        options += (("group_size", r.group_size),)
+    else:
+        options += (("group_size", None),)
+    return base, options
+
+
+def compute_dtype(weights: str) -> str:
+    """bf16 weights compute in bf16 where the CPU has bf16 dot products (measured here, AMX/AVX512_BF16,
+    [128, 576] x [576, 1536]: 1.15 ms against 1.65 ms fp32 and 2.10 ms for Cast-to-fp32 then MatMul);
+    elsewhere oneDNN emulates bf16 and the weight is cast to fp32 instead."""
+    from .machine import cpu_flags
+
+    if weights == "bf16" and {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
+        return "bfloat16"
+    return "float32"

@@ -12,12 +12,9 @@ import sys
 
 from .errors import UserError, run_cli
 from .fsutil import cache_root
-from .policy import (
-    DEFAULT_MAX_OUTLIER_FRACTION,
-    DEFAULT_OUTLIER_THRESHOLD,
-    DEFAULT_PER_CHANNEL_MIN_SPREAD,
-    DEFAULT_TOKEN_OUTLIER_THRESHOLD,
-)
+from .recipe import InputOptions, Recipe, add_arguments, merge, yaml_section
+
+PRESETS_DIR = "recipes"  # under configs/: --config NAME finds configs/recipes/NAME.yaml
 
 
 def default_model_dir() -> str:
@@ -39,89 +36,40 @@ def parse_args(argv=None):
     p.add_argument("--input_model",
                    help="SavedModel folder, or a folder holding saved_model/<version>/ as save_pretrained(saved_model=True) "
                         "writes (default: the embedded tiny GPT-J)")
-    p.add_argument("--signature", help="convert only this signature (default: every signature, e.g. prefill and "
-                                       "decode; each kept under its name, sharing int8 weights)")
-    p.add_argument("--tokenizer", help="a Hugging Face tokenizer folder or tokenizer.json (default: the model folder's "
-                                       "own tokenizer/ or tokenizer files, else GPT-2 BPE)")
     p.add_argument("--output_dir", required=True, help="where model/, the graph dumps and report.json go")
-    p.add_argument("--config", help="YAML recipe; its keys set the defaults of the flags below")
-    p.add_argument("--itex_mode", action="store_true", default=None,
-                   help="write a QDQ graph for Intel Extension for TensorFlow (no ConcatV2 QDQ)")
-    p.add_argument("--performance_only", action="store_true", default=None,
-                   help="symmetric (SCALED) activations, no fallback, relaxed ConcatV2 rule")
-    p.add_argument("--format", dest="output_format", choices=("int8", "qdq"),
-                   help="int8: real int8 kernels on stock TF (default); qdq: keep QuantizeV2/Dequantize pairs")
-    p.add_argument("--weight_granularity", choices=("per_channel", "per_tensor"),
-                   help="weight scales: per output channel (default) or one per tensor (the reference)")
-    p.add_argument("--per_channel_min_spread", type=float,
-                   help="per-channel weight scales only where a weight's largest column max|w| exceeds its smallest "
-                        f"by this factor (default {DEFAULT_PER_CHANNEL_MIN_SPREAD:g}; 1 = always per channel)")
-    p.add_argument("--weight_bits", type=int, choices=(7, 8),
-                   help="bits of lowered int8 weights: 7 (default) cannot saturate on CPUs without VNNI; 8 for VNNI/AMX")
-    p.add_argument("--outlier_threshold", type=float,
-                   help="MatMul input channels whose calibrated |x| exceeds this x the median channel run in fp32 "
-                        f"(default {DEFAULT_OUTLIER_THRESHOLD:g}; 0 turns it off)")
-    p.add_argument("--max_outlier_fraction", type=float,
-                   help="at most this share of a MatMul's input channels run in fp32 as outliers "
-                        f"(default {DEFAULT_MAX_OUTLIER_FRACTION:g})")
-    p.add_argument("--token_outlier_threshold", type=float,
-                   help="MatMul inputs whose top token's calibrated max|x| exceeds this x the median token's are "
-                        f"quantized per token (rows scaled before QuantizeV2; default {DEFAULT_TOKEN_OUTLIER_THRESHOLD:g}; "
-                        "0 turns it off)")
-    p.add_argument("--fuse_matmuls", action="store_true", default=None,
-                   help="int8 format: MatMuls that read one quantized input (q/k/v, gate/up) run as one kernel")
-    p.add_argument("--no_simplify", dest="simplify", action="store_false", default=None,
-                   help="int8 format: keep the model's fp32 glue as it is (default: exact rewrites of slow patterns, "
-                        "e.g. GPT-J's rotary rotate_every_two -> one MatMul; tfquant/simplify.py)")
-    p.add_argument("--smooth_alpha", type=float, help="SmoothQuant migration strength in [0, 1] (default 0 = off)")
-    p.add_argument("--fallback_kl", type=float,
-                   help="measured fallback: keep the most sensitive ops in fp32 until KL(fp32 || int8) of the "
-                        "next-token distributions on calibration windows is <= this (default 0 = off)")
-    p.add_argument("--fallback_max_ops", type=int, help="at most this many ops fall back (default 16)")
-    p.add_argument("--observer", choices=("minmax", "percentile", "mse", "kl"), help="activation range observer")
-    p.add_argument("--exclude", action="append", help="regex of op names to keep in fp32 (repeatable)")
-    p.add_argument("--calib_dataset", help="calibration data: austen (default, shipped), lambada (a local copy in "
-                                           "--data_dir), FILE.txt, or FILE.jsonl (a 'text' field per line)")
-    p.add_argument("--data_dir", help="folder of a local LAMBADA copy (datasets save_to_disk, parquet or json)")
-    p.add_argument("--calib_text", help="any UTF-8 text file for calibration (instead of --calib_dataset)")
-    p.add_argument("--calib_samples", type=int, help="calibration windows (default 16)")
-    p.add_argument("--seq_len", type=int, help="tokens per calibration window (default 128)")
+    p.add_argument("--config", help="a preset (w8a8, w8a8-dynamic, w8a16, w4a16-g32, w4a16-g32-asym, w4a16-g128, bf16, "
+                                    "fp16, mxfp6, ...: configs/recipes/) or a YAML recipe file; its keys set the "
+                                    "defaults of the flags below")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_arguments(p.add_argument_group("scheme (a recipe's quantization: keys)"), Recipe)
+    add_arguments(p.add_argument_group("inputs and calibration"), InputOptions)
     return p.parse_args(argv)
 
 
-DEFAULTS = {"itex_mode": False, "performance_only": False, "output_format": None, "weight_granularity": "per_channel",
-            "exclude": [], "weight_bits": 7, "outlier_threshold": DEFAULT_OUTLIER_THRESHOLD,
-            "max_outlier_fraction": DEFAULT_MAX_OUTLIER_FRACTION, "token_outlier_threshold": DEFAULT_TOKEN_OUTLIER_THRESHOLD,
-            "fuse_matmuls": False, "per_channel_min_spread": DEFAULT_PER_CHANNEL_MIN_SPREAD, "smooth_alpha": 0.0, "observer": "mse",
-            "simplify": True, "fallback_kl": 0.0, "fallback_max_ops": 16,
-            "signature": None, "tokenizer": None, "calib_dataset": None, "data_dir": None, "calib_text": None,
-            "calib_samples": 16, "seq_len": 128}
+def recipe_path(config: str) -> str:
+    """A file path as given, else the preset of that name (configs/recipes/NAME.yaml)."""
+    if os.path.exists(config) or config.endswith((".yaml", ".yml")) or os.sep in config:
+        return config
+    from .assets import config_path, presets
+
+    if config not in presets():
+        raise UserError(f"--config {config}: no such file, and no preset of that name (presets: {', '.join(presets())})")
+    return config_path(os.path.join(PRESETS_DIR, config + ".yaml"))
 
 
-def resolve_options(args) -> dict:
-    """Flags given on the command line win over the --config recipe, which wins over the defaults."""
-    recipe = {}
-    if args.config:
-        from .models import load_yaml_config
-
-        recipe = load_yaml_config(args.config).get("quantization", {}) or {}
-        unknown = sorted(set(recipe) - set(DEFAULTS) - {"format"})
-        if unknown:
-            raise UserError(f"config {args.config}: unknown quantization keys {unknown}")
-        if "format" in recipe:
-            recipe["output_format"] = recipe.pop("format")
-    opts = {}
-    for key, default in DEFAULTS.items():
-        value = getattr(args, key)
-        opts[key] = value if value is not None else recipe.get(key, default)
-    return opts
+def resolve_options(args):
+    """(Recipe, InputOptions): flags given on the command line win over the --config recipe, which wins
+    over the defaults."""
+    section = yaml_section(recipe_path(args.config)) if args.config else {}
+    given = vars(args)
+    return merge(Recipe, given, section), merge(InputOptions, given, section)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    opts = resolve_options(args)
+    recipe, inputs = resolve_options(args)
+    recipe.resolved()  # a combination that does not exist is one line, before anything is loaded
     from .fsutil import check_output_dir
 
     check_output_dir(args.output_dir, args.overwrite)
@@ -129,7 +77,8 @@ def main(argv=None) -> int:
     from .convert import ConvertSavedModel
     from .report import format_summary
 
-    report = ConvertSavedModel(src, args.output_dir, overwrite=args.overwrite, progress=not args.quiet, **opts)
+    report = ConvertSavedModel(src, args.output_dir, recipe=recipe, inputs=inputs, overwrite=args.overwrite,
+                               progress=not args.quiet)
     print(format_summary(report))
     print(f"wrote {os.path.abspath(args.output_dir)}")
     return 0

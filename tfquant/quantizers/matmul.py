@@ -76,8 +76,20 @@ def weight_matmul_activation(graph, node) -> Optional[str]:
 
 
 def plan_weight_matmul(node, op_type: str, operand: WeightOperand, policy, ranges):
-    """The plan of a weight MatMul once the op-specific checks passed: activation and weight QDQ."""
+    """The plan of a weight MatMul once the op-specific checks passed: activation and weight QDQ.
+
+    Weight-only (``activations`` none): the weight alone, stored in ``policy.weight_format``.  Dynamic:
+    every row scaled to [-1, 1] at run time (the per-token path), so no calibrated range is needed."""
+    weight = WeightQ(1, operand.tensor, policy.weight_per_channel, operand.transposed)
+    if policy.weight_only:
+        return Plan(node.name, op_type, weight=weight)
     act = canonical(node.input[0])
+    if policy.activations == "dynamic":
+        dtype, mode = "quint8", policy.activation_mode()
+        lo, hi = activation_range(-1.0, 1.0, mode, "qint8" if mode == "SCALED" else dtype)
+        return Plan(node.name, op_type, activations=[ActivationQ(0, act, "qint8" if mode == "SCALED" else dtype,
+                                                                  mode, lo, hi)],
+                    weight=weight, per_token=True)
     if act not in ranges:
         return Skip(node.name, op_type, "no calibrated range for the activation")
     rng = ranges[act]
@@ -94,7 +106,7 @@ def plan_weight_matmul(node, op_type: str, operand: WeightOperand, policy, range
         node.name,
         op_type,
         activations=[ActivationQ(0, act, dtype, mode, lo, hi)],
-        weight=WeightQ(1, operand.tensor, policy.weight_per_channel, operand.transposed),
+        weight=weight,
         outlier_channels=outliers,
         per_token=per_token,
     )
