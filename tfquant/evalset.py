@@ -1,10 +1,16 @@
 """Build a LAMBADA-style evaluation set and a calibration text from the lines of books.
 
-The real English text tfquant evaluates on offline comes from the Debian package
-``r-cran-janeaustenr``: six public-domain Jane Austen novels, each an R character vector
-(one element per printed line) read by ``tfquant.rdata``.  ``tools/build_eval_set.py``
-is a thin command line over the functions here; they are pure (strings in, Python values
-out) so the tests can run them on small synthetic inputs.
+The real English text tfquant evaluates on offline comes from two domains, each built by
+``tools/build_eval_set.py --domain NAME``:
+
+- ``austen``: the Debian package ``r-cran-janeaustenr``, six public-domain Jane Austen novels,
+  each an R character vector (one element per printed line) read by ``tfquant.rdata``;
+- ``adventures``: Project Gutenberg plain-text files that compression libraries ship as test
+  data (Doyle's *The Adventures of Sherlock Holmes* and Twain's *The Adventures of Tom Sawyer*
+  for items, Carroll's *Alice's Adventures in Wonderland* for calibration).
+
+The tool is a thin command line over the functions here; they are pure (strings in, Python
+values out) so the tests can run them on small synthetic inputs.
 """
 from __future__ import annotations
 
@@ -18,6 +24,35 @@ from typing import Iterable, Sequence
 
 # "CHAPTER I", "Chapter 12", "VOLUME II": headings that start a new section.
 HEADING_RE = re.compile(r"^\s*(chapter|volume)\s+([ivxlc]+|\d+)\.?\s*$", re.IGNORECASE)
+# The Adventures of Sherlock Holmes: a story starts at "ADVENTURE I. A SCANDAL IN BOHEMIA" or
+# "VII. THE ADVENTURE OF THE BLUE CARBUNCLE", a scene within one at "I." / "II." alone on a line.
+# Case-sensitive, so the mixed-case table of contents ("VIII. The Adventure of ...") is no heading.
+STORY_HEADING_RE = re.compile(
+    r"^\s*(ADVENTURE\s+[IVXL]+\.\s+[A-Z' -]+|[IVXL]+\.\s+THE ADVENTURE OF\s+[A-Z' -]+|[IVXL]+\.)\s*$"
+)
+
+# Project Gutenberg's own header and licence around a book's text.
+_GUTENBERG_START_RE = re.compile(r"^\*\*\*\s*START OF (THIS|THE) PROJECT GUTENBERG", re.IGNORECASE)
+_GUTENBERG_END_RE = re.compile(
+    r"^(\*\*\*\s*END OF (THIS|THE) PROJECT GUTENBERG|End of (the )?Project Gutenberg)", re.IGNORECASE
+)
+
+
+def text_lines(raw: bytes) -> list[str]:
+    """A plain-text book file as lines: UTF-8 with or without a byte-order mark, LF or CRLF."""
+    return raw.decode("utf-8-sig").splitlines()
+
+
+def strip_gutenberg(lines: Sequence[str]) -> list[str]:
+    """The lines between Project Gutenberg's ``*** START OF ...`` and ``End of ...`` markers.
+
+    Either marker may be missing (older files have only the closing line, or neither); the
+    licence after the end marker would otherwise end up in the last chapter's passages.
+    """
+    lines = list(lines)
+    start = next((i + 1 for i, line in enumerate(lines) if _GUTENBERG_START_RE.match(line)), 0)
+    end = next((i for i in range(start, len(lines)) if _GUTENBERG_END_RE.match(lines[i])), len(lines))
+    return lines[start:end]
 
 
 def split_paragraphs(lines: Iterable[str]) -> list[str]:
@@ -41,16 +76,17 @@ def split_paragraphs(lines: Iterable[str]) -> list[str]:
     return paragraphs
 
 
-def split_chapters(lines: Sequence[str]) -> list[list[str]]:
+def split_chapters(lines: Sequence[str], heading: re.Pattern = HEADING_RE) -> list[list[str]]:
     """Paragraphs grouped by chapter; the front matter before the first heading is dropped.
 
     Passages never cross a chapter (or volume) heading, so a context never runs
-    from one scene into an unrelated one.
+    from one scene into an unrelated one.  ``heading`` matches a heading line
+    (``HEADING_RE``: "CHAPTER I" / "VOLUME II"; ``STORY_HEADING_RE`` for Sherlock Holmes).
     """
     chapters: list[list[str]] = []
     current: list[str] | None = None
     for line in list(lines) + [""]:
-        if HEADING_RE.match(line):
+        if heading.match(line):
             if current:
                 chapters.append(split_paragraphs(current))
             current = []
@@ -171,9 +207,9 @@ def interleave(groups: Sequence[Sequence[dict]]) -> list[dict]:
     return out
 
 
-def calibration_text(lines: Sequence[str]) -> str:
+def calibration_text(lines: Sequence[str], heading: re.Pattern = HEADING_RE) -> str:
     """One book as plain prose: chapters from the first heading on, paragraphs separated by a blank line."""
     parts = []
-    for chapter in split_chapters(lines):
+    for chapter in split_chapters(lines, heading):
         parts.append("\n\n".join(chapter))
     return "\n\n".join(parts) + "\n"

@@ -76,6 +76,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None):
+    from ..data import DEFAULT_DATASET, dataset_help
+
     p = _Parser(prog="python -m tfquant.benchmark", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_model", help="fp32 SavedModel folder, or a folder holding saved_model/<version>/ "
@@ -85,7 +87,7 @@ def parse_args(argv=None):
     p.add_argument("--signature", default=SIGNATURE_KEY, help=f"the signature to run (default {SIGNATURE_KEY})")
     p.add_argument("--tokenizer", help="tokenizer folder or tokenizer.json for every model (default: each model "
                                        "folder's own tokenizer, else GPT-2 BPE)")
-    p.add_argument("--dataset", default="austen", help="austen (shipped, default) or lambada (needs --data_dir)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"evaluation items: {dataset_help()}")
     p.add_argument("--data_dir", help="local LAMBADA copy for --dataset lambada")
     p.add_argument("--samples", default="200", help="number of eval items (the first N), or 'all' (default 200)")
     p.add_argument("--batch_size", default="4", help="batch size of the throughput run (default 4)")
