@@ -87,8 +87,9 @@ def make_llama_weights(seed=0, tied=True):
     return w
 
 
-def write_tiny_gguf(path, weights, arch="llama", tokenizer=True):
-    """Write ``weights`` (GGUF layout) to a GGUF file; returns the weights as the reader will see them."""
+def write_tiny_gguf(path, weights, arch="llama", tokenizer=True, types=None):
+    """Write ``weights`` (GGUF layout) to a GGUF file; returns the weights as the reader will see them.
+    ``types``: tensor name -> GGMLQuantizationType to store it as (quantized by the gguf package)."""
     from gguf import GGMLQuantizationType, quants
 
     wr = gguf.GGUFWriter(str(path), arch)
@@ -114,7 +115,11 @@ def write_tiny_gguf(path, weights, arch="llama", tokenizer=True):
         wr.add_add_bos_token(False)
     seen = {}
     for name, arr in weights.items():
-        if name == Q8_TENSOR:
+        if types and name in types:
+            raw = quants.quantize(arr, types[name])
+            wr.add_tensor(name, raw, raw_dtype=types[name])
+            seen[name] = quants.dequantize(raw, types[name])
+        elif name == Q8_TENSOR:
             wr.add_tensor(name, quants.quantize(arr, GGMLQuantizationType.Q8_0), raw_dtype=GGMLQuantizationType.Q8_0)
             seen[name] = _q8_0_roundtrip(arr)
         elif name == F16_TENSOR:

@@ -192,7 +192,8 @@ def measured_fallback(prep: Prepared, budget_kl: float, max_ops: int, kl_samples
 
 def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_only: bool = False, *,
                       recipe: Optional[Recipe] = None, inputs: Optional[InputOptions] = None,
-                      overwrite: bool = False, progress: bool = True, **options) -> dict:
+                      overwrite: bool = False, progress: bool = True, stored_weights: Optional[dict] = None,
+                      **options) -> dict:
     """Quantize the SavedModel at ``src`` and write the result under ``dst``.
 
     The scheme is ``recipe`` (a ``tfquant.recipe.Recipe``; default: static W8A8) and what to read is
@@ -205,6 +206,8 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     same weights (prefill and decode) read the same quantized variables.
     ``dst`` receives ``model/`` (the converted SavedModel), ``extracted_graph_def.pb``,
     ``converted_graph_def.pb`` and ``report.json``; it appears only when everything succeeded.
+    ``stored_weights`` (weight-only schemes): tf variable name -> ``formats.QuantizedWeight`` to store
+    as it is instead of quantizing the variable (a GGUF file's own blocks); the other weights stay float.
     Returns the report.
     """
     if itex_mode:
@@ -233,7 +236,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
     results = []
     for inp in inputs:
         first = results[0] if results else None
-        results.append(_convert_signature(inp, policy, observer, progress, store, fallback_options,
+        results.append(_convert_signature(inp, policy, observer, progress, store, fallback_options, stored_weights,
                                           fallback_ops=first.fallback_ops if first else (),
                                           prefill_ranges=first.ranges if first else None))
         for k, v in results[-1].timings.items():
@@ -284,8 +287,8 @@ class SignatureResult:
 
 
 def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, progress: bool, store: VariableStore,
-                       fallback_options: Optional[tuple], fallback_ops: Iterable[str] = (),
-                       prefill_ranges: Optional[dict] = None) -> SignatureResult:
+                       fallback_options: Optional[tuple], stored_weights: Optional[dict] = None,
+                       fallback_ops: Iterable[str] = (), prefill_ranges: Optional[dict] = None) -> SignatureResult:
     """calibrate -> QDQ -> (measured fallback) -> lower -> simplify -> prune, for one signature.
 
     The fallback is measured on the first signature; later ones (decode) keep the same ops in fp32.
@@ -297,7 +300,7 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     ranges, 0.969/0.948/0.938 with the prefill's, equal to the prefill's own agreement).
     """
     if policy.weight_only:
-        return _encode_signature(inp, policy, store)
+        return _encode_signature(inp, policy, store, stored_weights)
     ranges, timings = None, {}
     if prefill_ranges is not None:
         t = time.perf_counter()
@@ -346,7 +349,8 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     return SignatureResult(model, converted, captures, report, timings, chosen, len(inp.batches), prep.ranges)
 
 
-def _encode_signature(inp: ModelInput, policy: QuantPolicy, store: VariableStore) -> SignatureResult:
+def _encode_signature(inp: ModelInput, policy: QuantPolicy, store: VariableStore,
+                      stored_weights: Optional[dict] = None) -> SignatureResult:
     """plan -> store weights in their format, decode in the graph -> simplify -> prune (weight-only schemes)."""
     from .weightonly import encode_weights
 
@@ -356,7 +360,7 @@ def _encode_signature(inp: ModelInput, policy: QuantPolicy, store: VariableStore
     before = graph.op_histogram()
     decisions = plan_all(graph, policy, {})
     captures = dict(model.captures)
-    encoded = encode_weights(graph, decisions, model, captures, policy, store)
+    encoded = encode_weights(graph, decisions, model, captures, policy, store, stored_weights)
     simplified = None
     if policy.simplify:
         from .simplify import simplify_rotary

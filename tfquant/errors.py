@@ -4,6 +4,7 @@ Anything raised as ``UserError`` is printed by the command-line tools as a
 single line on stderr with exit status 2.  Every other exception is a bug in
 tfquant and is allowed to show a traceback.
 """
+import argparse
 
 
 class UserError(Exception):
@@ -22,3 +23,10 @@ def run_cli(main, argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line and exit 2 (a UserError), not a usage block."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .feeds import CACHE_INPUT, check_token_ids, make_feeds, takes_cache
 from .savedmodel import LOGITS_KEY, SIGNATURE_KEY
 
@@ -124,13 +124,8 @@ class Generator:
 
 
 # ----- CLI ------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr and exit 2, like every other user mistake
-        raise UserError(f"{message} (see --help)")
-
-
 def parse_args(argv=None):
-    p = _Parser(prog="python -m tfquant.generate", description=__doc__,
+    p = ArgumentParser(prog="python -m tfquant.generate", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="SavedModel folder, a tfquant.quantize output, or a folder "
                                                   "holding saved_model/<version>/")

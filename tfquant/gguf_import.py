@@ -330,11 +330,16 @@ def load_gguf_mistral(path: str) -> Tuple[Any, Dict[str, Any]]:
     model(tf.constant([[0]], tf.int32), attention_mask=tf.constant([[1]], tf.int32))  # build the weights
 
     core = model.model
+    # tf variable name -> (GGUF tensor, heads whose Q/K rows llama.cpp permuted, or 0): where each weight
+    # came from, so that --keep_quantized can store the file's own blocks (kept_blocks below).
+    sources: Dict[str, Tuple[str, int]] = {}
     embed = get("token_embd.weight")
     core.embed_tokens.embeddings.assign(embed)
+    sources[core.embed_tokens.embeddings.name] = ("token_embd.weight", 0)
     core.norm.weight.assign(get("output_norm.weight"))
     tied = "output.weight" not in tensors
     model.lm_head.kernel.assign((embed if tied else get("output.weight")).T)
+    sources[model.lm_head.kernel.name] = ("token_embd.weight" if tied else "output.weight", 0)
     del embed
 
     for i, layer in enumerate(core.layers):
@@ -342,20 +347,56 @@ def load_gguf_mistral(path: str) -> Tuple[Any, Dict[str, Any]]:
         att, mlp = layer.self_attn, layer.mlp
         layer.input_layernorm.weight.assign(get(b + "attn_norm.weight"))
         layer.post_attention_layernorm.weight.assign(get(b + "ffn_norm.weight"))
-        att.q_proj.kernel.assign(unpermute_qk(get(b + "attn_q.weight"), n_head).T)
-        att.k_proj.kernel.assign(unpermute_qk(get(b + "attn_k.weight"), n_kv).T)
-        att.v_proj.kernel.assign(get(b + "attn_v.weight").T)
-        att.o_proj.kernel.assign(get(b + "attn_output.weight").T)
-        mlp.gate_proj.kernel.assign(get(b + "ffn_gate.weight").T)
-        mlp.up_proj.kernel.assign(get(b + "ffn_up.weight").T)
-        mlp.down_proj.kernel.assign(get(b + "ffn_down.weight").T)
+        for dense, name, heads in ((att.q_proj, "attn_q", n_head), (att.k_proj, "attn_k", n_kv),
+                                   (att.v_proj, "attn_v", 0), (att.o_proj, "attn_output", 0),
+                                   (mlp.gate_proj, "ffn_gate", 0), (mlp.up_proj, "ffn_up", 0),
+                                   (mlp.down_proj, "ffn_down", 0)):
+            w = get(b + name + ".weight")
+            dense.kernel.assign((unpermute_qk(w, heads) if heads else w).T)
+            sources[dense.kernel.name] = (b + name + ".weight", heads)
 
     counts: Dict[str, int] = {}
     for t in reader.tensors:
         counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
     tok_info.update(hparams=hp, source=os.path.abspath(path), tensor_types=counts, tied_embeddings=tied,
+                    weight_sources=sources,
                     general_name=_field(reader, "general.name"))
     return model, tok_info
+
+
+KEPT_TYPES = {"Q4_0": "q4_0", "Q4_1": "q4_1", "Q8_0": "q8_0"}  # GGML type -> tfquant.formats block format
+FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
+
+
+def kept_blocks(path: str, sources: Dict[str, Tuple[str, int]]) -> Dict[str, Any]:
+    """``--keep_quantized``: tf variable name -> ``QuantizedWeight`` holding the GGUF tensor's own blocks.
+
+    A GGUF matrix is [out, in] row-major with its blocks along ``in``: exactly tfquant.formats' block
+    layout ``blocks[N, K // 32, bytes]`` of the [K, N] = [in, out] kernel, so no byte is re-encoded.
+    Undoing llama.cpp's Q/K row permutation moves whole rows of blocks.  A float tensor is left out
+    (its weight stays float); any other quantized type is an error naming the tensor.
+    """
+    from .formats import QuantizedWeight
+    from .formats.ggml import BLOCK_BYTES, QK
+
+    tensors = {t.name: t for t in _open_reader(path).tensors}
+    kept = {}
+    for var_name, (name, heads) in sorted(sources.items()):
+        tensor = tensors[name]
+        kind = tensor.tensor_type.name
+        if kind in FLOAT_TYPES:
+            continue
+        if kind not in KEPT_TYPES:
+            raise UserError(f"--keep_quantized: GGUF tensor {name} is {kind}; only "
+                            f"{', '.join(KEPT_TYPES)} blocks can be kept (drop --keep_quantized to dequantize it)")
+        fmt = KEPT_TYPES[kind]
+        n, k = (int(d) for d in reversed(tensor.shape.tolist()))
+        raw = np.asarray(tensor.data, np.uint8).reshape(n, -1)
+        if heads:
+            raw = unpermute_qk(raw, heads)
+        kept[var_name] = QuantizedWeight(fmt, (k, n), {"blocks": np.ascontiguousarray(raw).reshape(n, k // QK,
+                                                                                                   BLOCK_BYTES[fmt])})
+    return kept
 
 
 def model_info(tok_info: Dict[str, Any], config) -> Dict[str, Any]:
@@ -401,18 +442,32 @@ def model_info(tok_info: Dict[str, Any], config) -> Dict[str, Any]:
     }
 
 
-def prepare_from_gguf(gguf: str, output_dir: str, overwrite: bool = False, cache: bool = False) -> str:
-    """``--gguf FILE|default``: write the serving SavedModel, ``tokenizer/`` and ``tfquant_model.json``."""
+def prepare_from_gguf(gguf: str, output_dir: str, overwrite: bool = False, cache: bool = False,
+                      keep_quantized: bool = False) -> str:
+    """``--gguf FILE|default``: write the serving SavedModel, ``tokenizer/`` and ``tfquant_model.json``.
+
+    ``keep_quantized``: the Q4_0/Q4_1/Q8_0 tensors stay in their blocks (dequantized in the graph,
+    tfquant/weightonly.py); the output is then a tfquant output folder (``model/`` + ``report.json``)."""
     from .fsutil import check_output_dir
     from .models import export_serving_savedmodel
 
     path = resolve_gguf_path(gguf)
     check_output_dir(output_dir, overwrite)  # before the expensive part
     model, tok_info = load_gguf_mistral(path)
+    kept = kept_blocks(path, tok_info["weight_sources"]) if keep_quantized else None
     tokenizer = build_tokenizer(tok_info)
     info = model_info(tok_info, model.config)
 
     def extras(tmp: str) -> None:
         tokenizer.save_pretrained(os.path.join(tmp, TOKENIZER_SUBDIR))
 
-    return export_serving_savedmodel(model, output_dir, overwrite=overwrite, extras=extras, info=info, cache=cache)
+    if not keep_quantized:
+        return export_serving_savedmodel(model, output_dir, overwrite=overwrite, extras=extras, info=info, cache=cache)
+    from .convert import ConvertSavedModel
+
+    with tempfile.TemporaryDirectory(prefix="tfquant-gguf-") as tmp:
+        fp32 = export_serving_savedmodel(model, os.path.join(tmp, "fp32"), extras=extras, info=info, cache=cache)
+        del model
+        ConvertSavedModel(fp32, output_dir, weights="q8_0", activations="none", overwrite=overwrite,
+                          stored_weights=kept)
+    return output_dir

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .fsutil import cache_root
 from .recipe import InputOptions, Recipe, add_arguments, merge, yaml_section
 
@@ -31,7 +31,7 @@ def default_model_dir() -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m tfquant.quantize", description=__doc__,
+    p = ArgumentParser(prog="python -m tfquant.quantize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_model",
                    help="SavedModel folder, or a folder holding saved_model/<version>/ as save_pretrained(saved_model=True) "

