@@ -69,15 +69,47 @@ def table(path: str) -> str:
     return "\n".join(rows)
 
 
+def plot(path: str, png: str) -> None:
+    """Whole-word accuracy (with its interval) against size on disk, latency ratio as each point's label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        d = json.load(f)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m in d["models"]:
+        acc = m.get("accuracy", {}).get("whole_word")
+        if not acc:
+            continue
+        y, (lo, hi) = 100 * acc["accuracy"], acc["ci95"]
+        ax.errorbar(m["size_mb"], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt="o", capsize=3)
+        ax.annotate(f"{m['name']}\n{m['latency_ratio']:.2f}x latency", (m["size_mb"], y), textcoords="offset points",
+                    xytext=(5, 5), fontsize=7)
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel("whole-word accuracy, % (95% interval)")
+    env = d.get("environment", {})
+    ax.set_title(f"SmolLM2-135M, {d['settings'].get('n_items')} items ({d['settings'].get('dataset')}); "
+                 f"{env.get('cpu_model', '')}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(SOURCES), default="smollm2")
     p.add_argument("--work", help="where the models go (default /tmp/tfquant-schemes-<model>)")
     p.add_argument("--samples", type=int, default=600)
     p.add_argument("--table", metavar="JSON", help="print the README table of a results file and stop")
+    p.add_argument("--plot", metavar="JSON", help="write <JSON stem>_plot.png (accuracy vs size) and stop")
     args, extra = p.parse_known_args()
     if args.table:
         print(table(args.table))
+        return
+    if args.plot:
+        plot(args.plot, args.plot.removesuffix(".json") + "_plot.png")
         return
     work = args.work or f"/tmp/tfquant-schemes-{args.model}"
     os.makedirs(work, exist_ok=True)
@@ -89,6 +121,8 @@ def main():
         cmd += ["--quantized_model", m]
     cmd += ["--samples", str(args.samples)] if args.model == "smollm2" else ["--no_accuracy"]
     run(cmd + extra)
+    if args.model == "smollm2":
+        plot(out + ".json", out + "_plot.png")
     print(table(out + ".json"))
 
 
