@@ -23,11 +23,7 @@ def lower_embeddings(graph: Graph, captures: Dict[str, object], tables: Dict[str
     ``store``: where new variables come from (``lower.add_variable``)."""
     ops, tied, not_lowered, reads = [], [], [], []
     consumers = graph.consumers()
-    for node in list(graph.by_op("ResourceGather")):
-        if node.attr["dtype"].type != DType("float").enum or node.attr["batch_dims"].i != 0:
-            continue
-        handle = graph.resource_handle(node.name)
-        var = captures.get(handle)
+    for node, handle, var in float_table_gathers(graph, captures):
         if handle in tables:
             _gather_columns(graph, node, tables[handle], int(var.shape[1]))
             tied.append({"gather": node.name, "table": tables[handle].read})
@@ -42,6 +38,14 @@ def lower_embeddings(graph: Graph, captures: Dict[str, object], tables: Dict[str
         ops.append(node.name)
         reads.append(handle)
     return {"ops": ops, "tied": tied, "not_lowered": not_lowered, "replaced_reads": reads}
+
+
+def float_table_gathers(graph: Graph, captures: Dict[str, object]):
+    """(gather node, table handle, its variable or None) for every fp32 ResourceGather without batch dims."""
+    for node in list(graph.by_op("ResourceGather")):
+        if node.attr["dtype"].type == DType("float").enum and node.attr["batch_dims"].i == 0:
+            handle = graph.resource_handle(node.name)
+            yield node, handle, captures.get(handle)
 
 
 def read_in_fp32(graph: Graph, consumers, handle: str) -> bool:

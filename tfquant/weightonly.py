@@ -186,17 +186,13 @@ def _encode_embeddings(graph: Graph, captures, policy, tied: Dict[str, StoredWei
     size, as ggml's token_embd), so a token's row is one column of the stored weight."""
     import tensorflow as tf
 
-    from .embeddings import read_in_fp32
+    from .embeddings import float_table_gathers, read_in_fp32
 
     ops, tied_ops, not_encoded, reads = [], [], [], []
     fp32_bytes = stored_bytes = 0
     own: Dict[str, StoredWeight] = {}
     consumers = graph.consumers()
-    for node in list(graph.by_op("ResourceGather")):
-        if node.attr["dtype"].type != DType("float").enum or node.attr["batch_dims"].i != 0:
-            continue
-        handle = graph.resource_handle(node.name)
-        var = captures.get(handle)
+    for node, handle, var in float_table_gathers(graph, captures):
         if handle in tied:
             stored = tied[handle]
             tied_ops.append({"gather": node.name, "table": stored.prefix})
