@@ -127,6 +127,29 @@ def test_tied_table_stored_once_in_int8(converted, kind):
     assert big_fp32 == []  # no fp32 weight matrix is left (biases [1, N] aside)
 
 
+def test_table_copied_into_lm_head_is_stored_once(tmp_path_factory):
+    """A tied checkpoint exported without ties (SmolLM2's GGUF -> TFMistralForCausalLM: lm_head holds a copy of
+    the embedding): the gather reads the lm_head's int8 weight, so the table is not stored a second time."""
+    from test_models import DIM, IDS, make_llama_weights, write_tiny_gguf
+    from test_models import VOCAB as GGUF_VOCAB
+
+    from tfquant.gguf_import import prepare_from_gguf
+
+    root = tmp_path_factory.mktemp("copied")
+    write_tiny_gguf(root / "tied.gguf", make_llama_weights(seed=6, tied=True))
+    src = prepare_from_gguf(str(root / "tied.gguf"), str(root / "fp32"))
+    fp32_tables = [v for v in _saved_variables(src).values() if GGUF_VOCAB in v[1]]
+    assert sorted(fp32_tables) == [("float32", (DIM, GGUF_VOCAB)), ("float32", (GGUF_VOCAB, DIM))]  # the copy
+    out, report = _convert(tmp_path_factory, src, "copied")
+    assert len(report["lowered"]["tied_embeddings"]) == 1
+    tables = [v for v in _saved_variables(os.path.join(out, "model")).values() if GGUF_VOCAB in v[1]]
+    assert tables == [("qint8", (DIM, GGUF_VOCAB))]
+    ids = np.array([IDS, IDS[::-1]], np.int32)
+    ref = run_logits(src, (ids, np.ones_like(ids)))
+    got = run_logits(os.path.join(out, "model"), (ids, np.ones_like(ids)))
+    assert float((ref.argmax(-1) == got.argmax(-1)).mean()) >= 0.9
+
+
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_conversion_is_deterministic(tmp_path_factory, hf_models, converted, kind):
     again, _ = _convert(tmp_path_factory, hf_models[kind], f"{kind}_again")

@@ -195,12 +195,35 @@ class _MatMulLowering:
         if per_channel:
             row_scale = graph.add(make_const(f"{prefix}_channel_scale", (1.0 / qw).astype(np.float32))).name
             graph.add(make_node("Mul", out_name, [kernel_name, row_scale], {"T": DType("float")}))
-        handle = table_handle(graph, weight_tensor) if transposed else None
-        if handle in self.gathered:  # an embedding tied to this lm_head: the gather will read w_read
+        handle = self._tied_table(weight_tensor, transposed, w_int8.shape)
+        if handle is not None:  # an embedding tied to (or copied into) this lm_head: the gather will read w_read
             self.tables[handle] = Int8Table(w_read, row_scale, 0.0 if per_channel else float(1.0 / qw))
         self.replaced_reads.update(graph.weight_reads(weight_tensor))
         self.lowered.append(mm.name)
         self.per_channel_ops += int(per_channel)
+
+    def _tied_table(self, weight_tensor: str, transposed: bool, shape) -> Optional[str]:
+        """The gathered fp32 table whose rows are this weight's columns, else None.
+
+        Tied: the lm_head reads the table itself, transposed (GPT-2, OPT).  Copied: the lm_head has a
+        variable of its own holding the table transposed, value for value (Keras Mistral/Llama do not
+        tie, so a tied checkpoint such as SmolLM2's is exported with the embedding copied into lm_head);
+        one int8 copy then serves both, and the model does not carry the table twice.
+        """
+        handle = table_handle(self.graph, weight_tensor)
+        if handle is None:
+            return None
+        if transposed:
+            return handle if handle in self.gathered else None
+        if self.model is None or handle in self.gathered:
+            return None
+        for table in sorted(self.gathered - set(self.tables)):
+            var = self.captures.get(table)
+            if var is None or tuple(var.shape) != (shape[1], shape[0]):
+                continue
+            if np.array_equal(var.numpy(), self.model.weight_value(self.graph, weight_tensor).T):
+                return table
+        return None
 
     def _quantized_weight(self, weight_tensor: str, transposed: bool, per_channel: bool):
         """(int8 weight [in, out], max|w| per output column or per tensor).
