@@ -186,17 +186,21 @@ def build(rdx_path: str, rdb_path: str, output: str, source: dict) -> dict:
         raise UserError(f"only {len(items)} items were made; at least {MIN_ITEMS} are required")
     calib = evalset.calibration_text(books[CALIB_BOOK])
 
+    counts = {b: len(it) for b, it in zip(EVAL_BOOKS, per_book)}
+    return _write_domain(output, "austen", items, calib, counts, lambda *facts: recipe(source, counts, *facts))
+
+
+def _write_domain(output: str, domain: str, items: list, calib: str, counts: dict, render) -> dict:
+    """Write <domain>_eval.jsonl, <domain>_calib.txt and <DOMAIN>_RECIPE.md (``render(n_items, calib chars,
+    calib words, checksums)``); each file appears whole or not at all."""
     os.makedirs(output, exist_ok=True)
-    eval_path = os.path.join(output, "austen_eval.jsonl")
-    calib_path = os.path.join(output, "austen_calib.txt")
+    eval_path = os.path.join(output, f"{domain}_eval.jsonl")
+    calib_path = os.path.join(output, f"{domain}_calib.txt")
     atomic_write_text(eval_path, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
     atomic_write_text(calib_path, calib)
     sums = {os.path.basename(p): sha256_file(p) for p in (eval_path, calib_path)}
-    counts = {b: len(it) for b, it in zip(EVAL_BOOKS, per_book)}
-    atomic_write_text(
-        os.path.join(output, "AUSTEN_RECIPE.md"),
-        recipe(source, counts, len(items), len(calib), len(calib.split()), sums),
-    )
+    atomic_write_text(os.path.join(output, f"{domain.upper()}_RECIPE.md"),
+                      render(len(items), len(calib), len(calib.split()), sums))
     return {"items": len(items), "per_book": counts, "calib_chars": len(calib), **sums}
 
 
@@ -389,18 +393,9 @@ def build_adventures(eval_files: dict, calib_raw: bytes, output: str, source: di
         raise UserError(f"only {len(items)} items were made; at least {ADV_MIN_ITEMS} are required")
     calib = evalset.calibration_text(evalset.strip_gutenberg(evalset.text_lines(calib_raw)))
 
-    os.makedirs(output, exist_ok=True)
-    eval_path = os.path.join(output, "adventures_eval.jsonl")
-    calib_path = os.path.join(output, "adventures_calib.txt")
-    atomic_write_text(eval_path, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
-    atomic_write_text(calib_path, calib)
-    sums = {os.path.basename(p): sha256_file(p) for p in (eval_path, calib_path)}
     counts = {b: len(it) for b, it in zip(ADV_EVAL_BOOKS, per_book)}
-    atomic_write_text(
-        os.path.join(output, "ADVENTURES_RECIPE.md"),
-        adventures_recipe(source, counts, len(items), len(calib), len(calib.split()), sums),
-    )
-    return {"items": len(items), "per_book": counts, "calib_chars": len(calib), **sums}
+    return _write_domain(output, "adventures", items, calib, counts,
+                         lambda *facts: adventures_recipe(source, counts, *facts))
 
 
 def main_adventures(args, work: str) -> dict:
