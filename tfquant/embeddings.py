@@ -14,7 +14,7 @@ from typing import Dict
 
 import numpy as np
 
-from .graph import DType, Graph, make_const, make_node, parse_input
+from .graph import DType, Graph, const_value, make_const, make_node, parse_input
 from .lower import Int8Table, add_variable
 
 
@@ -99,7 +99,8 @@ def _gather_columns(graph: Graph, node, table: Int8Table, width: int) -> None:
     ids = node.input[1]
     flat = graph.add(make_node("Reshape", f"{base}/flat_ids", [ids, const("flat_shape", [-1])],
                                {"T": idx, "Tshape": i32})).name
-    cols = graph.add(make_node("GatherV2", f"{base}/columns", [table.read, flat, const("column_axis", 1)],
+    column_axis = const("column_axis", 1)
+    cols = graph.add(make_node("GatherV2", f"{base}/columns", [table.read, flat, column_axis],
                                {"Tparams": DType("qint8"), "Tindices": idx, "Taxis": i32, "batch_dims": 0}))
     as_int8 = graph.add(make_node("Bitcast", f"{base}/as_int8", [cols.name], {"T": DType("qint8"), "type": DType("int8")}))
     as_float = graph.add(make_node("Cast", f"{base}/to_float", [as_int8.name],
@@ -111,6 +112,13 @@ def _gather_columns(graph: Graph, node, table: Int8Table, width: int) -> None:
         scales = graph.add(make_node("GatherV2", f"{base}/scales", [table.row_scale, flat, row_axis],
                                      {"Tparams": f32, "Tindices": idx, "Taxis": i32, "batch_dims": 0}))
     scaled = graph.add(make_node("Mul", f"{base}/scaled", [as_float.name, scales.name], {"T": f32}))  # [d, n] * [n]
+    if table.outlier_weight is not None:  # those rows are 0 in the int8 weight: add their fp32 values back, exactly
+        channels = const_value(graph.node(table.outlier_channels)).reshape(-1, 1)
+        side = graph.add(make_node("GatherV2", f"{base}/outlier_columns", [table.outlier_weight, flat, column_axis],
+                                   {"Tparams": f32, "Tindices": idx, "Taxis": i32, "batch_dims": 0}))
+        scaled = graph.add(make_node("TensorScatterAdd", f"{base}/with_outliers",
+                                     [scaled.name, const("outlier_rows", channels), side.name],
+                                     {"T": f32, "Tindices": i32}))
     rows = graph.add(make_node("Transpose", f"{base}/rows", [scaled.name, const("perm", [1, 0])],
                                {"T": f32, "Tperm": i32}))
     ids_shape = graph.add(make_node("Shape", f"{base}/ids_shape", [ids], {"T": idx, "out_type": i32}))

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from . import names
 from .graph import DType, Graph, make_const, make_node, parse_input
 from .qparams import quantize_weight
 
@@ -100,14 +101,24 @@ class Int8Table:
     read: str                 # the qint8 [d, V] weight the kernel reads: its columns are the table's rows
     row_scale: Optional[str]  # Const [V]: each row's fp32 scale (= each lm_head output channel's) ...
     scale: float = 0.0        # ... or, with row_scale None (a per-tensor kernel), one scale for every row
+    # An lm_head whose outlier input channels run in fp32 on the side has those rows zero in ``read``;
+    # their exact values are the side MatMul's weight (Const [k, V]) at these channels (Const [k]).
+    outlier_channels: Optional[str] = None
+    outlier_weight: Optional[str] = None
+
+
+def _through_shape_ops(graph: Graph, tensor: str):
+    """The node behind ``tensor`` once EnsureShape and Identity are passed through."""
+    node = graph.node(tensor)
+    while node.op in ("EnsureShape", "Identity"):
+        node = graph.node(node.input[0])
+    return node
 
 
 def table_handle(graph: Graph, tensor: str) -> Optional[str]:
     """The variable a weight QuantizeV2 reads unchanged (through EnsureShape/Identity), else None
     (a Const, or a weight scaled by SmoothQuant / masked for outliers: not the table itself)."""
-    node = graph.node(tensor)
-    while node.op in ("EnsureShape", "Identity"):
-        node = graph.node(node.input[0])
+    node = _through_shape_ops(graph, tensor)
     return graph.resource_handle(node.name) if node.op == "ReadVariableOp" else None
 
 
@@ -195,9 +206,15 @@ class _MatMulLowering:
         if per_channel:
             row_scale = graph.add(make_const(f"{prefix}_channel_scale", (1.0 / qw).astype(np.float32))).name
             graph.add(make_node("Mul", out_name, [kernel_name, row_scale], {"T": DType("float")}))
-        handle = self._tied_table(weight_tensor, transposed, w_int8.shape)
+        masked = _through_shape_ops(graph, weight_tensor)
+        outlier_op = names.outlier_op_of_masked_weight(masked.name)
+        unmasked = masked.input[0] if outlier_op else weight_tensor
+        handle = self._tied_table(unmasked, transposed, w_int8.shape)
         if handle is not None:  # an embedding tied to (or copied into) this lm_head: the gather will read w_read
-            self.tables[handle] = Int8Table(w_read, row_scale, 0.0 if per_channel else float(1.0 / qw))
+            self.tables[handle] = Int8Table(
+                w_read, row_scale, 0.0 if per_channel else float(1.0 / qw),
+                names.outlier_channels(outlier_op) if outlier_op else None,
+                names.outlier_weight(outlier_op) if outlier_op else None)
         self.replaced_reads.update(graph.weight_reads(weight_tensor))
         self.lowered.append(mm.name)
         self.per_channel_ops += int(per_channel)

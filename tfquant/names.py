@@ -42,6 +42,26 @@ def outlier_prefix(op: str) -> str:
     return f"{op}_fp32_outlier_channels"
 
 
+# The pieces of one op's outlier split (rewrite.split_outliers): the channel indices, their fp32 weight rows
+# [k, N], and the weight with those rows zeroed that the int8 kernel quantizes.
+def outlier_channels(op: str) -> str:
+    return f"{outlier_prefix(op)}/channels"
+
+
+def outlier_weight(op: str) -> str:
+    return f"{outlier_prefix(op)}/weight"
+
+
+def outlier_masked_weight(op: str) -> str:
+    return f"{outlier_prefix(op)}/masked_weight"
+
+
+def outlier_op_of_masked_weight(tensor: str):
+    """The op whose outlier split made ``tensor`` (its masked weight), else None."""
+    suffix = outlier_masked_weight("")
+    return tensor[: -len(suffix)] if tensor.endswith(suffix) else None
+
+
 def per_token_prefix(op: str) -> str:
     return f"{op}_per_token_scale"
 

@@ -150,20 +150,21 @@ def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     act = canonical(node.input[0])
     readers = graph.readers(op)
     prefix = names.outlier_prefix(op)
-    graph.add(make_const(f"{prefix}/channels", idx))
+    channels, side_weight, masked = names.outlier_channels(op), names.outlier_weight(op), names.outlier_masked_weight(op)
+    graph.add(make_const(channels, idx))
     graph.add(make_const(f"{prefix}/axis", np.int32(1)))
-    graph.add(make_node("GatherV2", f"{prefix}/gather", [act, f"{prefix}/channels", f"{prefix}/axis"],
+    graph.add(make_node("GatherV2", f"{prefix}/gather", [act, channels, f"{prefix}/axis"],
                         {"Tparams": DType("float"), "Tindices": DType("int32"), "Taxis": DType("int32"), "batch_dims": 0}))
-    graph.add(make_const(f"{prefix}/weight", w[idx, :]))
-    graph.add(make_node("MatMul", f"{prefix}/matmul", [f"{prefix}/gather", f"{prefix}/weight"],
+    graph.add(make_const(side_weight, w[idx, :]))
+    graph.add(make_node("MatMul", f"{prefix}/matmul", [f"{prefix}/gather", side_weight],
                         {"T": DType("float"), "transpose_a": False, "transpose_b": False}))
     mask = np.ones((w.shape[0], 1), np.float32)
     mask[idx] = 0.0
     graph.add(make_const(f"{prefix}/row_mask", mask.T if plan.weight.transposed else mask))
-    graph.add(make_node("Mul", f"{prefix}/masked_weight", [plan.weight.tensor, f"{prefix}/row_mask"], {"T": DType("float")}))
+    graph.add(make_node("Mul", masked, [plan.weight.tensor, f"{prefix}/row_mask"], {"T": DType("float")}))
     graph.add(make_node("AddV2", f"{prefix}/add", [op, f"{prefix}/matmul"], {"T": DType("float")}))
     graph.redirect(op, f"{prefix}/add", readers)
-    return replace(plan.weight, tensor=f"{prefix}/masked_weight")
+    return replace(plan.weight, tensor=masked)
 
 
 def _keep_tied_tables_fp32(graph: Graph, decisions) -> list:
