@@ -33,10 +33,11 @@ def main():
     p.add_argument("--recipes", nargs="+", default=["w8a8", "w8a8-dynamic"])
     p.add_argument("--samples", type=int, default=446, help="items per evaluation domain (adventures has 446)")
     p.add_argument("--work", default="/tmp/tfquant-cross-domain")
+    p.add_argument("--fp32", help="an already prepared fp32 SmolLM2 SavedModel (default: prepare one in --work)")
     args = p.parse_args()
     py = sys.executable
     os.makedirs(args.work, exist_ok=True)
-    fp32 = os.path.join(args.work, "fp32")
+    fp32 = args.fp32 or os.path.join(args.work, "fp32")
     if not os.path.isfile(os.path.join(fp32, "saved_model.pb")):
         run([py, "tools/prepare_model.py", "--gguf", "default", "--output_dir", fp32, "--overwrite"])
     models = {}

@@ -181,6 +181,7 @@ def test_bf16_compute_follows_the_cpu(converted):
 def test_dynamic_needs_no_calibration(converted):
     report = converted["gptj", "w8a8-dynamic"][1]
     assert report["ranges"] == {} and report["timings_s"].get("calibrate", 0.0) < 0.05
+    assert report["calibration"] == {"run": False, "reason": "dynamic activations take no ranges from data"}
     assert all(q["per_token"] for q in report["quantized"] if q["op_type"] == "MatMul")
     assert report["lowered"]["count"] == len(report["quantized"])
 

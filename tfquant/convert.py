@@ -128,6 +128,13 @@ class Prepared:
         return [q["op"] for q in self.result.quantized]
 
 
+def _calibration_report(inp: ModelInput, policy: QuantPolicy, observer: str) -> dict:
+    if not policy.needs_calibration:
+        scheme = "dynamic activations" if policy.activations == "dynamic" else "weight-only schemes"
+        return {"run": False, "reason": f"{scheme} take no ranges from data"}
+    return {"run": True, **inp.calibration.describe(), "observer": observer}
+
+
 def _calibrate(inp: ModelInput, graph: Graph, policy: QuantPolicy, observer: str, progress: bool) -> dict:
     import tensorflow as tf
 
@@ -243,7 +250,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
             timings[k] = timings.get(k, 0.0) + v
     primary = results[0]
     report = {**inputs[0].describe(), "recipe": recipe.describe(), "policy": policy.describe(),
-              "calibration": {**inputs[0].calibration.describe(), "observer": observer}, **primary.report}
+              "calibration": _calibration_report(inputs[0], policy, observer), **primary.report}
     if len(results) > 1:
         report["other_signatures"] = {r.model.signature: r.summary() for r in results[1:]}
     report["variables"] = {"created": store.created, "reused": store.reused}  # reused: read by several signatures
