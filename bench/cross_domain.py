@@ -33,6 +33,8 @@ def main():
     p.add_argument("--recipes", nargs="+", default=["w8a8", "w8a8-dynamic"])
     p.add_argument("--samples", type=int, default=446, help="items per evaluation domain (adventures has 446)")
     p.add_argument("--work", default="/tmp/tfquant-cross-domain")
+    p.add_argument("--also", nargs="*", default=[], metavar="DIR",
+                   help="more converted models to score beside them (e.g. the previous default, for its latency)")
     p.add_argument("--fp32", help="an already prepared fp32 SmolLM2 SavedModel (default: prepare one in --work)")
     args = p.parse_args()
     py = sys.executable
@@ -40,7 +42,7 @@ def main():
     fp32 = args.fp32 or os.path.join(args.work, "fp32")
     if not os.path.isfile(os.path.join(fp32, "saved_model.pb")):
         run([py, "tools/prepare_model.py", "--gguf", "default", "--output_dir", fp32, "--overwrite"])
-    models = {}
+    models, calibrated = {}, {}
     for recipe in args.recipes:
         for calib in DOMAINS:
             name = f"{recipe}-calib-{calib}"
@@ -49,6 +51,14 @@ def main():
                 run([py, "-m", "tfquant.quantize", "--input_model", fp32, "--output_dir", out, "--config", recipe,
                      "--calib_dataset", calib, "--signature", "serving_default", "--quiet", "--overwrite"])
             models[name] = out
+            with open(os.path.join(out, "report.json")) as f:
+                calibrated[name] = calib if json.load(f)["calibration"].get("run", True) else None
+            if calibrated[name] is None:
+                break  # no ranges from data (dynamic): one model serves both directions
+    for extra in args.also:
+        name = os.path.basename(extra.rstrip("/"))
+        models[name] = extra
+        calibrated[name] = name.split("-calib-")[1] if "-calib-" in name else "?"
     results = {"machine": describe(), "samples": args.samples, "recipes": args.recipes, "evaluations": {}}
     for dataset in DOMAINS:
         path = os.path.join(args.work, f"bench-{dataset}.json")
@@ -63,7 +73,8 @@ def main():
     for dataset, bench in results["evaluations"].items():
         for m in bench["models"][1:]:
             pair = m["paired_vs_fp32"]["whole_word"]
-            summary.append({"model": m["name"], "evaluated_on": dataset, "n": pair["n"],
+            summary.append({"model": m["name"], "calibrated_on": calibrated.get(m["name"], "?"),
+                            "evaluated_on": dataset, "n": pair["n"],
                             "fp32_whole_word": bench["models"][0]["accuracy"]["whole_word"]["accuracy"],
                             "whole_word": m["accuracy"]["whole_word"]["accuracy"],
                             "diff_pt": round(100 * pair["diff"], 2),
