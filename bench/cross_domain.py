@@ -28,6 +28,19 @@ def run(cmd):
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+def table(path: str) -> str:
+    """The README table (markdown) from bench/results/cross_domain_smollm2.json."""
+    with open(path) as f:
+        d = json.load(f)
+    rows = ["| model | calibrated on | evaluated on | items | fp32 whole-word | model whole-word | "
+            "Δ vs fp32 [95% CI] | latency vs fp32 | size vs fp32 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in d["summary"]:
+        rows.append("| {} | {} | {} | {} | {:.2%} | {:.2%} | {:+.2f} pt [{:+.2f}, {:+.2f}] | {:.3f}x | {:.3f}x |".format(
+            r["model"], r["calibrated_on"] or "- (run-time ranges)", r["evaluated_on"], r["n"], r["fp32_whole_word"],
+            r["whole_word"], r["diff_pt"], *r["ci95_pt"], r["latency_ratio"], r["size_ratio"]))
+    return "\n".join(rows)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=["w8a8", "w8a8-dynamic"])
@@ -36,7 +49,11 @@ def main():
     p.add_argument("--also", nargs="*", default=[], metavar="DIR",
                    help="more converted models to score beside them (e.g. the previous default, for its latency)")
     p.add_argument("--fp32", help="an already prepared fp32 SmolLM2 SavedModel (default: prepare one in --work)")
+    p.add_argument("--table", metavar="JSON", help="print the README table of a results file and stop")
     args = p.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
     py = sys.executable
     os.makedirs(args.work, exist_ok=True)
     fp32 = args.fp32 or os.path.join(args.work, "fp32")
