@@ -50,7 +50,7 @@ def main():
                    help="more converted models to score beside them (e.g. the previous default, for its latency)")
     p.add_argument("--fp32", help="an already prepared fp32 SmolLM2 SavedModel (default: prepare one in --work)")
     p.add_argument("--table", metavar="JSON", help="print the README table of a results file and stop")
-    args = p.parse_args()
+    args, extra = p.parse_known_args()  # the rest goes to tfquant.benchmark (e.g. --iters)
     if args.table:
         print(table(args.table))
         return
@@ -80,7 +80,7 @@ def main():
     for dataset in DOMAINS:
         path = os.path.join(args.work, f"bench-{dataset}.json")
         cmd = [py, "-m", "tfquant.benchmark", "--input_model", fp32, "--dataset", dataset, "--samples",
-               str(args.samples), "--no_memory", "--quiet", "--output", path]
+               str(args.samples), "--no_memory", "--quiet", "--output", path, *extra]
         for out in models.values():
             cmd += ["--quantized_model", out]
         run(cmd)
