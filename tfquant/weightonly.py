@@ -87,6 +87,22 @@ def _decoded(graph: Graph, stored: StoredWeight) -> str:
     return stored.decoded
 
 
+def _decode_when_needed(graph: Graph, stored: StoredWeight, activation: str) -> None:
+    """Start a weight's decode only once its MatMul's input exists.
+
+    A decode reads only variables, so TF's executor would run every decode of the graph at the start of
+    a call and hold all the fp32 copies at once: peak memory of a whole fp32 model on top of the stored
+    one.  A control edge from the activation makes each fp32 copy live from just before its MatMul to
+    just after it.
+    """
+    reads = {parse_input(read)[0] for read, _, _ in stored.reads.values()}
+    prefix = f"{stored.prefix}/decode/"
+    gate = "^" + parse_input(activation)[0]
+    for node in graph.nodes.values():
+        if node.name.startswith(prefix) and any(parse_input(i)[0] in reads for i in node.input if i[0] != "^"):
+            node.input.append(gate)
+
+
 def _bf16_matmul(graph: Graph, mm, stored: StoredWeight) -> None:
     """MatMul in bf16 on the stored bf16 weight: Cast(x) -> MatMul(bf16) -> Cast back, under the op's name."""
     bf16, f32 = DType("bfloat16"), DType("float")
@@ -116,6 +132,7 @@ def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, obj
     tied: Dict[str, StoredWeight] = {}  # fp32 table handle -> the lm_head weight that stores it
     gathered = graph.gathered_handles()
     ops, skipped, fallbacks, replaced = [], [], [], set()
+    decoded_for: Dict[tuple, list] = {}  # stored weight -> the MatMuls that read its decode
     fp32_bytes = stored_bytes = 0
     for d in decisions:
         if isinstance(d, Skip):
@@ -150,10 +167,14 @@ def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, obj
             _bf16_matmul(graph, mm, stored[key])
         else:
             graph.rewire_input(mm, 1, _decoded(graph, stored[key]))
+            decoded_for.setdefault(key, []).append(mm.name)
         handle = table_handle(graph, d.weight.tensor) if d.weight.transposed else None
         if handle in gathered:
             tied[handle] = stored[key]
         ops.append({"op": d.op, "format": fmt, "shape": list(w.shape)})
+    for key, users in decoded_for.items():
+        if len(users) == 1:  # with several readers, waiting for one's input could wait on the other's output
+            _decode_when_needed(graph, stored[key], graph.node(users[0]).input[0])
     graph.prune(list(model.outputs.values()), keep=[parse_input(t)[0] for t in model.inputs.values()])
     embeddings = _encode_embeddings(graph, captures, policy, tied, store, stored_weights)
     fp32_bytes += embeddings.pop("fp32_bytes")
