@@ -72,9 +72,9 @@ def main():
                 calibrated[name] = calib if json.load(f)["calibration"].get("run", True) else None
             if calibrated[name] is None:
                 break  # no ranges from data (dynamic): one model serves both directions
-    for extra in args.also:
-        name = os.path.basename(extra.rstrip("/"))
-        models[name] = extra
+    for also in args.also:
+        name = os.path.basename(also.rstrip("/"))
+        models[name] = also
         calibrated[name] = name.split("-calib-")[1] if "-calib-" in name else "?"
     results = {"machine": describe(), "samples": args.samples, "recipes": args.recipes, "evaluations": {}}
     for dataset in DOMAINS:
