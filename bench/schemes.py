@@ -47,10 +47,18 @@ def prepare(model: str, work: str) -> list:
     return [fp32] + outs
 
 
-def table(path: str) -> str:
-    """The README table (markdown) from a results JSON."""
+def table(path: str, speed: str = None) -> str:
+    """The README table (markdown) from a results JSON; ``speed``: a later run's JSON whose size, peak RSS
+    and latency replace the first one's (each run's ratios are against its own fp32)."""
     with open(path) as f:
         d = json.load(f)
+    if speed:
+        with open(speed) as f:
+            later = {m["name"]: m for m in json.load(f)["models"]}
+        for m in d["models"]:
+            if m["name"] in later:
+                m.update({k: later[m["name"]][k] for k in ("size_mb", "size_ratio", "memory", "latency_ms",
+                                                            "latency_ratio")})
     rows = ["| scheme | whole-word acc | vs fp32 (95% CI) | size | size ratio | peak RSS | RSS ratio | latency 1x128 | "
             "latency ratio | `def hello_world():` |", "|---|---|---|---|---|---|---|---|---|---|"]
     fp32 = d["models"][0]
@@ -103,10 +111,11 @@ def main():
     p.add_argument("--work", help="where the models go (default /tmp/tfquant-schemes-<model>)")
     p.add_argument("--samples", type=int, default=600)
     p.add_argument("--table", metavar="JSON", help="print the README table of a results file and stop")
+    p.add_argument("--speed", metavar="JSON", help="with --table: take size, peak RSS and latency from this run")
     p.add_argument("--plot", metavar="JSON", help="write <JSON stem>_plot.png (accuracy vs size) and stop")
     args, extra = p.parse_known_args()
     if args.table:
-        print(table(args.table))
+        print(table(args.table, args.speed))
         return
     if args.plot:
         plot(args.plot, args.plot.removesuffix(".json") + "_plot.png")
