@@ -87,20 +87,22 @@ def _decoded(graph: Graph, stored: StoredWeight) -> str:
     return stored.decoded
 
 
-def _decode_when_needed(graph: Graph, stored: StoredWeight, activation: str) -> None:
-    """Start a weight's decode only once its MatMul's input exists.
+def _decode_when_needed(graph: Graph, gates: Dict[str, tuple]) -> None:
+    """Start each weight's decode only once its MatMul's input exists; ``gates``: decode prefix ->
+    (the stored arrays' read nodes, the MatMul's activation).
 
     A decode reads only variables, so TF's executor would run every decode of the graph at the start of
     a call and hold all the fp32 copies at once: peak memory of a whole fp32 model on top of the stored
     one.  A control edge from the activation makes each fp32 copy live from just before its MatMul to
-    just after it.
+    just after it.  One pass over the graph for all weights.
     """
-    reads = {parse_input(read)[0] for read, _, _ in stored.reads.values()}
-    prefix = f"{stored.prefix}/decode/"
-    gate = "^" + parse_input(activation)[0]
     for node in graph.nodes.values():
-        if node.name.startswith(prefix) and any(parse_input(i)[0] in reads for i in node.input if i[0] != "^"):
-            node.input.append(gate)
+        prefix, sep, _ = node.name.partition("/decode/")
+        if not sep or prefix not in gates:
+            continue
+        reads, activation = gates[prefix]
+        if any(parse_input(i)[0] in reads for i in node.input if i[0] != "^"):
+            node.input.append("^" + parse_input(activation)[0])
 
 
 def _bf16_matmul(graph: Graph, mm, stored: StoredWeight) -> None:
@@ -172,9 +174,10 @@ def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, obj
         if handle in gathered:
             tied[handle] = stored[key]
         ops.append({"op": d.op, "format": fmt, "shape": list(w.shape)})
-    for key, users in decoded_for.items():
-        if len(users) == 1:  # with several readers, waiting for one's input could wait on the other's output
-            _decode_when_needed(graph, stored[key], graph.node(users[0]).input[0])
+    # with several readers, waiting for one's input could wait on the other's output: those are not gated
+    _decode_when_needed(graph, {stored[key].prefix: ({parse_input(r)[0] for r, _, _ in stored[key].reads.values()},
+                                                     graph.node(users[0]).input[0])
+                                for key, users in decoded_for.items() if len(users) == 1})
     graph.prune(list(model.outputs.values()), keep=[parse_input(t)[0] for t in model.inputs.values()])
     embeddings = _encode_embeddings(graph, captures, policy, tied, store, stored_weights)
     fp32_bytes += embeddings.pop("fp32_bytes")
