@@ -35,6 +35,8 @@ class TensorRange:
     # Largest per-batch ratio of the top token's max|x| to the median token's (MatMul inputs only):
     # large where a few tokens carry "massive activations" (the attention-sink token in down_proj).
     token_spread: Optional[float] = field(default=None, compare=False)
+    # Sum of x^T x over every calibration token [K, K] float64 (MatMul inputs, GPTQ rounding only; tfquant/gptq.py).
+    second_moment: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict:
         out = {"min": self.min, "max": self.max, "observer": self.observer}
@@ -86,7 +88,8 @@ class Histogram:
 class Observer:
     """Collects min/max, per-channel min/max (optional) and a histogram (when the range needs one)."""
 
-    def __init__(self, method: str = "minmax", per_channel: bool = False, bins: int = 2048):
+    def __init__(self, method: str = "minmax", per_channel: bool = False, bins: int = 2048,
+                 second_moment: bool = False):
         if method not in OBSERVERS:
             raise UserError(f"unknown observer {method!r} (choose from {', '.join(OBSERVERS)})")
         self.method = method
@@ -95,6 +98,8 @@ class Observer:
         self.per_channel = per_channel
         self.ch_min = self.ch_max = None
         self.token_spread = None
+        self.second_moment = second_moment
+        self.h = None
         self.hist = Histogram(bins) if method != "minmax" else None
 
     def observe(self, x: np.ndarray) -> None:
@@ -111,6 +116,11 @@ class Observer:
             token_absmax = np.abs(flat).max(axis=1)
             spread = float(token_absmax.max() / max(float(np.median(token_absmax)), 1e-12))
             self.token_spread = spread if self.token_spread is None else max(self.token_spread, spread)
+        if self.second_moment and x.ndim >= 2:
+            flat = x.reshape(-1, x.shape[-1]).astype(np.float32)
+            # float32 products of one batch's tokens, summed over batches in float64
+            h = (flat.T @ flat).astype(np.float64)
+            self.h = h if self.h is None else self.h + h
         if self.hist is not None:
             self.hist.add(x)
 
@@ -120,6 +130,8 @@ class Observer:
         if self.ch_min is not None:
             ch = {"channel_min": tuple(float(v) for v in self.ch_min),
                   "channel_max": tuple(float(v) for v in self.ch_max), "token_spread": self.token_spread}
+        if self.h is not None:
+            ch["second_moment"] = self.h
         return TensorRange(lo, hi, self.method, **ch)
 
 
@@ -215,20 +227,29 @@ def matmul_inputs(graph: Graph) -> set:
 
 # ----- the loop --------------------------------------------------------------------------------
 def calibrate(run_with_tensors, batches: Iterable[Dict[str, np.ndarray]], tensors: List[str],
-              observer: str = "minmax", progress: bool = True, per_channel: Iterable[str] = ()) -> Dict[str, TensorRange]:
+              observer: str = "minmax", progress: bool = True, per_channel: Iterable[str] = (),
+              second_moments: Iterable[str] = ()) -> Dict[str, TensorRange]:
     """Feed ``batches`` through ``run_with_tensors(**feeds) -> {tensor: value}`` and observe ``tensors``.
 
-    Tensors in ``per_channel`` also get per-channel min/max (for outlier handling and smoothing).
+    Tensors in ``per_channel`` also get per-channel min/max (for outlier handling and smoothing); those in
+    ``second_moments`` the sum of x^T x (GPTQ rounding), as many as ``gptq.MOMENT_BUDGET_BYTES`` allows,
+    narrowest first (the widths are known after the first batch).
     """
     from tqdm import tqdm
 
-    per_channel = set(per_channel)
+    from .gptq import within_budget
+
+    per_channel, second_moments = set(per_channel), set(second_moments)
     observers = {t: Observer(observer, per_channel=t in per_channel) for t in tensors}
     batches = list(batches)
     if not batches:
         raise UserError("calibration needs at least one batch")
-    for feeds in tqdm(batches, desc="calibrate", unit="batch", disable=not progress):
+    for step, feeds in enumerate(tqdm(batches, desc="calibrate", unit="batch", disable=not progress)):
         values = run_with_tensors(**feeds)
+        if step == 0 and second_moments:
+            widths = {t: int(np.shape(values[t])[-1]) for t in second_moments if np.ndim(values[t]) >= 2}
+            for t in within_budget(widths):
+                observers[t].second_moment = True
         for t in tensors:
             observers[t].observe(np.asarray(values[t]))
     # A tensor that is empty in every batch has no range; it is left out and the quantizer

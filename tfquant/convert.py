@@ -145,8 +145,10 @@ def _calibrate(inp: ModelInput, graph: Graph, policy: QuantPolicy, observer: str
     runner = savedmodel.build_function(model.graph_def, model, model.captures, {t_: t_ for t_ in tensors})
     needs_channels = policy.outlier_threshold or policy.smooth_alpha or policy.token_outlier_threshold
     channel_stats = matmul_inputs(graph) if needs_channels else ()
+    moments = matmul_inputs(graph) if policy.weight_rounding == "gptq" else ()
     try:
-        return calibrate(runner, inp.batches, tensors, observer=observer, progress=progress, per_channel=channel_stats)
+        return calibrate(runner, inp.batches, tensors, observer=observer, progress=progress, per_channel=channel_stats,
+                         second_moments=moments)
     except tf.errors.InvalidArgumentError as exc:  # an index past a table: positions or vocabulary
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"the model rejected the calibration windows ({first[:200]}): is --seq_len longer than its "
@@ -330,7 +332,8 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     if policy.output_format == "int8":
         from .lower import lower_to_int8
 
-        lowered = lower_to_int8(graph, model, captures, weight_bits=policy.weight_bits, store=store)
+        lowered = lower_to_int8(graph, model, captures, weight_bits=policy.weight_bits, store=store,
+                                moments=_second_moments(result.quantized, prep.ranges, policy))
     simplified = None
     if policy.simplify:
         from .simplify import simplify_rotary
@@ -354,6 +357,24 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     }
     chosen = tuple(fallback["ops"]) if fallback else tuple(fallback_ops)
     return SignatureResult(model, converted, captures, report, timings, chosen, len(inp.batches), prep.ranges)
+
+
+def _second_moments(quantized: list, ranges: dict, policy: QuantPolicy) -> Optional[dict]:
+    """{MatMul op: (its activation tensor, sum of x^T x)} for GPTQ rounding, else None.
+
+    Keyed by the op (its name survives the rewrite), carrying the tensor so that MatMuls reading one
+    input share one solver.  A decode signature's ranges are the prefill's where the tensor exists in both,
+    so its MatMuls round their weights exactly as the prefill's did and the int8 variables stay shared.
+    """
+    if policy.weight_rounding != "gptq":
+        return None
+    out = {}
+    for q in quantized:
+        tensor = next((a["tensor"] for a in q["activations"] if a["input_index"] == 0), None)
+        rng = ranges.get(tensor)
+        if rng is not None and rng.second_moment is not None:
+            out[q["op"]] = (tensor, rng.second_moment)
+    return out
 
 
 def _encode_signature(inp: ModelInput, policy: QuantPolicy, store: VariableStore,

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import names
-from .graph import DType, Graph, make_const, make_node, parse_input
+from .graph import DType, Graph, const_value, make_const, make_node, parse_input
 from .qparams import quantize_weight
 
 MKL_LABEL = "QuantizedMklOp"  # kernel label of oneDNN's native-format quantized kernels
@@ -122,7 +122,8 @@ def table_handle(graph: Graph, tensor: str) -> Optional[str]:
     return graph.resource_handle(node.name) if node.op == "ReadVariableOp" else None
 
 
-def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits: int = 7, store=None) -> dict:
+def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits: int = 7, store=None,
+                  moments: Optional[dict] = None) -> dict:
     """Rewrite every lowerable QDQ MatMul in place; returns a summary for report.json.
 
     ``weight_bits=7`` stores weights in [-63, 63].  Measured here: on CPUs without VNNI (this
@@ -131,10 +132,13 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
     result on some shapes; 255*63*2 < 32767 cannot saturate, and the kernel then matches the
     emulation to 1e-6.  ``weight_bits=8`` is for deployments on VNNI/AMX CPUs only.
     ``store``: where new variables come from (see ``add_variable``).
+    ``moments``: {MatMul op: (activation tensor, sum of x^T x)} to round those weights with GPTQ
+    (tfquant/gptq.py); None rounds every weight to nearest.
     """
     from .embeddings import lower_embeddings  # embeddings.py builds on this module's variable helpers
 
-    lowering = _MatMulLowering(graph, model, captures, levels=2 ** (weight_bits - 1) - 1, store=store)
+    lowering = _MatMulLowering(graph, model, captures, levels=2 ** (weight_bits - 1) - 1, store=store,
+                               moments=moments)
     for mm in list(graph.by_op("MatMul")):
         lowering.lower(mm)
     # The fp32 QDQ nodes of the lowered MatMuls are dead now.  Dropping them first makes every
@@ -154,14 +158,20 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
         "not_lowered": lowering.not_lowered + embedding["not_lowered"],
         "embeddings": embedding["ops"],
         "tied_embeddings": embedding["tied"],
+        "weight_rounding": lowering.rounding_report(),
     }
 
 
 class _MatMulLowering:
     """QDQ MatMuls -> int8 kernels, one at a time, and what the embeddings and the cleanup need to know."""
 
-    def __init__(self, graph: Graph, model, captures: Dict[str, object], levels: int, store=None):
+    def __init__(self, graph: Graph, model, captures: Dict[str, object], levels: int, store=None, moments=None):
         self.graph, self.model, self.captures, self.levels, self.store = graph, model, captures, levels, store
+        self.moments = moments  # None: round to nearest
+        self._solvers: Dict[tuple, object] = {}
+        self._codes: Dict[tuple, tuple] = {}  # one rounding per weight, however many MatMuls read it
+        self.gptq_ops: List[str] = []
+        self.nearest_ops: List[dict] = []
         self.consumers = graph.consumers()
         self.gathered = graph.gathered_handles()
         self.lowered: List[str] = []
@@ -183,7 +193,13 @@ class _MatMulLowering:
         a_q, w_q = graph.node(a_deq.input[0]), graph.node(w_deq.input[0])
         per_channel = w_q.attr["axis"].i != -1
         weight_tensor, transposed = w_q.input[0], mm.attr["transpose_b"].b
-        w_int8, w_max = self._quantized_weight(weight_tensor, transposed, per_channel)
+        masked = _through_shape_ops(graph, weight_tensor)
+        outlier_op = names.outlier_op_of_masked_weight(masked.name)
+        unmasked = masked.input[0] if outlier_op else weight_tensor
+        w = self._float_weight(weight_tensor, transposed)
+        handle = self._tied_table(unmasked, transposed, w.shape)
+        w_int8, w_max = self._quantized_weight(mm.name, weight_tensor, transposed, per_channel, w,
+                                               tied=handle is not None, outlier_op=outlier_op)
         quant, a_mode, a_min, a_max = self._activation(a_q)
         bias_add, reshape, bias = self._foldable_bias(mm, w_int8.shape[1])
         qw = self.levels / w_max.astype(np.float64)
@@ -206,10 +222,6 @@ class _MatMulLowering:
         if per_channel:
             row_scale = graph.add(make_const(f"{prefix}_channel_scale", (1.0 / qw).astype(np.float32))).name
             graph.add(make_node("Mul", out_name, [kernel_name, row_scale], {"T": DType("float")}))
-        masked = _through_shape_ops(graph, weight_tensor)
-        outlier_op = names.outlier_op_of_masked_weight(masked.name)
-        unmasked = masked.input[0] if outlier_op else weight_tensor
-        handle = self._tied_table(unmasked, transposed, w_int8.shape)
         if handle is not None:  # an embedding tied to (or copied into) this lm_head: the gather will read w_read
             self.tables[handle] = Int8Table(
                 w_read, row_scale, 0.0 if per_channel else float(1.0 / qw),
@@ -247,20 +259,66 @@ class _MatMulLowering:
                     return table
         return None
 
-    def _quantized_weight(self, weight_tensor: str, transposed: bool, per_channel: bool):
-        """(int8 weight [in, out], max|w| per output column or per tensor).
+    def _float_weight(self, weight_tensor: str, transposed: bool) -> np.ndarray:
+        """The fp32 weight [in, out] as the kernel will multiply by it.
 
         Measured (TF 2.15): the kernel's transpose_b=True fails to build ("could not create a primitive
         descriptor") or, for square weights, gives wrong results, so a transposed weight is stored transposed.
         """
         w = self.model.weight_value(self.graph, weight_tensor).astype(np.float32)
-        if transposed:
-            w = np.ascontiguousarray(w.T)
+        return np.ascontiguousarray(w.T) if transposed else w
+
+    def _quantized_weight(self, op: str, weight_tensor: str, transposed: bool, per_channel: bool, w: np.ndarray,
+                          tied: bool, outlier_op: Optional[str]):
+        """(int8 weight [in, out], max|w| per output column or per tensor), rounded once per weight.
+
+        The scales are round-to-nearest's either way; with second moments for ``op`` the integers are GPTQ's.
+        """
+        key = (weight_tensor, transposed, per_channel)
+        if key in self._codes:
+            return self._codes[key]
         if per_channel:
             w_max = np.maximum(np.abs(w).max(axis=0), 1e-8).astype(np.float32)
         else:
             w_max = np.float32(max(float(np.abs(w).max()), 1e-8))
-        return quantize_weight(w, w_max, self.levels), w_max
+        reason = self._nearest_reason(op, tied)
+        if reason is None:
+            codes = self._solver(op, outlier_op).quantize(w, w_max, self.levels)
+            self.gptq_ops.append(op)
+        else:
+            codes = quantize_weight(w, w_max, self.levels)
+            if self.moments is not None:
+                self.nearest_ops.append({"op": op, "reason": reason})
+        self._codes[key] = (codes, w_max)
+        return self._codes[key]
+
+    def _nearest_reason(self, op: str, tied: bool) -> Optional[str]:
+        """Why ``op``'s weight is rounded to nearest under GPTQ rounding (None: it is not)."""
+        if self.moments is None:
+            return "round to nearest"
+        if tied:  # the gather reads these integers as embedding rows, which the compensation knows nothing of
+            return "the int8 weight is also an embedding table"
+        if op not in self.moments:
+            return ("no second moments (beyond the memory budget, or the input was not observed)")
+        return None
+
+    def _solver(self, op: str, outlier_op: Optional[str]):
+        """One GPTQ solver per (input tensor, exact rows): q/k/v and gate/up share theirs."""
+        from .gptq import GptqSolver
+
+        tensor, h = self.moments[op]
+        exact = ()
+        if outlier_op:
+            exact = tuple(int(i) for i in const_value(self.graph.node(names.outlier_channels(outlier_op))))
+        key = (tensor, exact)
+        if key not in self._solvers:
+            self._solvers[key] = GptqSolver(h, exact)
+        return self._solvers[key]
+
+    def rounding_report(self) -> dict:
+        if self.moments is None:
+            return {"method": "nearest"}
+        return {"method": "gptq", "gptq_ops": len(self.gptq_ops), "nearest": self.nearest_ops}
 
     def _activation(self, a_q):
         """(the quint8 quantize node the kernel reads, its mode, min, max), one per QDQ activation.

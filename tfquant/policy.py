@@ -36,6 +36,7 @@ class QuantPolicy:
     per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD
     output_format: str = "int8"             # "int8": lower to real int8 kernels; "qdq": keep the QDQ graph
     weight_bits: int = 7                    # lowered weights: 7 is saturation-safe without VNNI (see lower.py)
+    weight_rounding: str = _R.weight_rounding  # lowered weights: "nearest" or "gptq" (tfquant/gptq.py)
     exclude: Tuple[str, ...] = field(default_factory=tuple)  # regexes of op names kept in fp32
     outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD  # > 0: channels above threshold x median |x| run in fp32 (a fallback)
     max_outlier_fraction: float = DEFAULT_MAX_OUTLIER_FRACTION  # at most this share of a MatMul's input channels
@@ -114,6 +115,7 @@ class QuantPolicy:
             per_channel_min_spread=float(per_channel_min_spread),
             output_format=output_format,
             weight_bits=weight_bits,
+            weight_rounding=r.weight_rounding,
             exclude=tuple(exclude),
             # performance_only means no fallback of any kind, partial (outlier channels) included
             # dynamic ranges are per token by construction, and without calibration no channel is known to be an outlier

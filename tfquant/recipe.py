@@ -35,6 +35,7 @@ ACTIVATIONS = ("int8", "dynamic", "none")
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 OBSERVERS = ("minmax", "percentile", "mse", "kl")
 OUTPUT_FORMATS = ("int8", "qdq")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 DEFAULT_GROUP_SIZE = 32  # int4 (q4_0-like); MX and ggml blocks are fixed by their formats
 
 
@@ -77,6 +78,10 @@ class Recipe:
              "smallest by this factor (1 = always per channel)")
     weight_bits: int = option(7, "bits of int8-kernel weights: 7 cannot saturate on CPUs without VNNI; 8 for VNNI/AMX",
                               choices=(7, 8), type=int)
+    weight_rounding: str = option(
+        "nearest", "int8 kernels: round weights to nearest, or gptq: error-compensating rounding from the "
+                   "calibration inputs' second moments (same scales, different integers; tfquant/gptq.py)",
+        choices=WEIGHT_ROUNDINGS)
     # The outlier defaults were chosen on SmolLM2-135M (README "Choosing a recipe"): output KL on the
     # calibration windows 0.139 with (6, 0.01, no per-token) -> 0.033 with (3, 0.03, 3) for ~0.03x more latency.
     outlier_threshold: float = option(3.0, "MatMul input channels whose calibrated |x| exceeds this x the median "
@@ -145,6 +150,16 @@ class Recipe:
                 if value:
                     raise UserError(f"{flag} is for int8 activations; it cannot be combined with weight-only "
                                     f"--weights {self.weights} --activations none")
+        if self.weight_rounding == "gptq":
+            if activations != "int8":
+                raise UserError("--weight_rounding gptq takes its second moments from calibration: it needs "
+                                f"--activations int8 (got {activations})")
+            if self.itex_mode or self.output_format == "qdq":
+                raise UserError("--weight_rounding gptq changes the int8 weights the kernels read: a QDQ graph "
+                                "(--format qdq, --itex_mode) quantizes its fp32 weights itself")
+            if self.smooth_alpha:
+                raise UserError("--weight_rounding gptq cannot be combined with --smooth_alpha (the smoothed "
+                                "inputs' second moments are not collected)")
         if activations == "dynamic" and self.itex_mode:
             raise UserError("--itex_mode needs calibrated activations: ITEX fuses no per-token rescale")
         return replace(self, activations=activations, weight_granularity=granularity, group_size=group)
