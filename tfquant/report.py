@@ -34,6 +34,10 @@ def format_summary(report: dict) -> str:
         low = report["lowered"]
         lines.append(f"lowered to int8 kernels: {low['count']} MatMul -> {low['kernel']}"
                      f" ({low['weight_granularity']} weight scales)")
+        rounding = low.get("weight_rounding") or {}
+        if rounding.get("method") == "gptq":
+            lines.append(f"weight rounding: GPTQ on {rounding['gptq_ops']} MatMuls, "
+                         f"{len(rounding['nearest'])} rounded to nearest (report.json says why)")
     split = [q for q in report["quantized"] if q.get("outlier_channels")]
     if split:
         n = sum(len(q["outlier_channels"]) for q in split)
