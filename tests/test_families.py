@@ -158,12 +158,8 @@ def test_table_copied_into_lm_head_is_stored_once(tmp_path_factory, monkeypatch,
     assert len(tied) == 1
     head = [q for q in report["quantized"] if q["op"].endswith("lm_head/Tensordot/MatMul")]
     assert len(head) == 1 and bool(head[0].get("outlier_channels")) == bool(outliers)
-    stored = _saved_variables(os.path.join(out, "model")).values()
-    tables = [v for v in stored if sorted(v[1]) == sorted((DIM, GGUF_VOCAB))]
+    tables = [v for v in _saved_variables(os.path.join(out, "model")).values() if GGUF_VOCAB in v[1]]
     assert tables == [("qint8", (DIM, GGUF_VOCAB))]
-    # the outlier rows' fp32 values are a variable of their own (k rows of the vocabulary), not a table copy
-    assert [v for v in stored if GGUF_VOCAB in v[1] and v not in tables] == (
-        [("float32", (len(head[0]["outlier_channels"]), GGUF_VOCAB))] if outliers else [])
 
     # The embedding rows the converted graph computes, against the fp32 table.
     ids = np.array([IDS, IDS[::-1]], np.int32)

@@ -124,28 +124,3 @@ def test_benchmark_generate_rows(cached_models, tmp_path, capsys):
         assert d["cached"] and d["new_tokens"] == 3 and d["decode_ms_per_token"] > 0 and d["tokens_per_s"] > 0
         assert set(d["continuations"]) == {"def hello_world():", "def sum_of_natural_numbers(n):"}
     assert all("tokens_equal_to_fp32" in c for c in models[1]["decoding"]["continuations"].values())
-
-
-def test_outlier_side_weights_are_variables_both_signatures_read(cached_models, tmp_path):
-    """The outlier channels' fp32 rows are stored once (variables), not as a Const in each signature's graph."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    from tfquant.convert import ConvertSavedModel
-
-    fp32 = cached_models["gptj"][0]
-    out = str(tmp_path / "int8")
-    # a low threshold gives a random model outlier channels (real weights have them at the default)
-    report = ConvertSavedModel(fp32, out, calib_samples=4, seq_len=32, progress=False, outlier_threshold=1.3)
-    side = report["lowered"]["outlier_side_weights"]
-    split = [q for q in report["quantized"] if q["outlier_channels"]]
-    assert split and side["count"] == len(split) and side["bytes"] > 0
-    assert report["other_signatures"]["decode"]["lowered"] == report["lowered"]["count"]
-    saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(out, "model", "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
-    graph = saved.meta_graphs[0].graph_def
-    consts = [n.name for fn in graph.library.function for n in fn.node_def if n.op == "Const"]
-    consts += [n.name for n in graph.node if n.op == "Const"]
-    assert any(n.endswith("/frozen_max_only") or "channel_scale" in n or "eightbit" in n for n in consts)
-    assert not [n for n in consts if n.endswith("_fp32_outlier_channels/weight")]
-    assert report["variables"]["reused"] >= side["count"]

@@ -145,7 +145,6 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
     # remaining reader of an fp32 weight a real one (an lm_head kept fp32 still needs its table).
     graph.prune(list(model.outputs.values()), keep=[parse_input(t)[0] for t in model.inputs.values()])
     embedding = lower_embeddings(graph, captures, lowering.tables, store)
-    side_weights = side_weights_as_variables(graph, captures, store)
     drop_dead_weight_controls(graph, lowering.replaced_reads | set(embedding["replaced_reads"]))
     graph.toposort()
     return {
@@ -160,26 +159,7 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
         "embeddings": embedding["ops"],
         "tied_embeddings": embedding["tied"],
         "weight_rounding": lowering.rounding_report(),
-        "outlier_side_weights": side_weights,
     }
-
-
-def side_weights_as_variables(graph: Graph, captures: Dict[str, object], store=None) -> dict:
-    """The outlier channels' fp32 weight rows (``rewrite.split_outliers`` writes them as Consts) -> variables.
-
-    A Const lives in its signature's GraphDef, so a prefill and a decode signature each carried a copy
-    (SmolLM2-135M: 14 MB each, the model 0.291x of fp32 instead of 0.269x); a variable from the store is
-    written once and read by both.  The node keeps its name, so its readers (the side MatMul, a tied
-    table's gather) are untouched.
-    """
-    count = size = 0
-    for node in [n for n in graph.nodes.values() if n.op == "Const" and names.is_outlier_weight(n.name)]:
-        value = const_value(node)
-        graph.remove([node.name])
-        handle = add_variable(graph, captures, f"{node.name}/handle", value, store)
-        graph.add(make_node("ReadVariableOp", node.name, [handle], {"dtype": DType("float")}))
-        count, size = count + 1, size + value.nbytes
-    return {"count": count, "bytes": size, "storage": "fp32 variables"}
 
 
 class _MatMulLowering:

@@ -52,10 +52,6 @@ def outlier_weight(op: str) -> str:
     return f"{outlier_prefix(op)}/weight"
 
 
-def is_outlier_weight(node: str) -> bool:
-    return node.endswith(outlier_weight(""))
-
-
 def outlier_masked_weight(op: str) -> str:
     return f"{outlier_prefix(op)}/masked_weight"
 
