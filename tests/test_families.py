@@ -133,8 +133,9 @@ def test_table_copied_into_lm_head_is_stored_once(tmp_path_factory, monkeypatch,
     """A tied checkpoint exported without ties (SmolLM2's GGUF -> TFMistralForCausalLM: lm_head holds a copy of
     the embedding): the gather reads the lm_head's int8 weight, so the table is not stored a second time.
     With outlier channels (SmolLM2's default), those rows are zero in the int8 weight and the gather adds
-    the side path's fp32 rows back: exact there, the lm_head's int8 step elsewhere.  Only with 8-bit weights: at
-    7 bits the table keeps its own 8-bit copy (sharing cost ~1 pt on SmolLM2)."""
+    the side path's fp32 rows back: exact there, the lm_head's int8 step elsewhere.  Only with full-range 8-bit weights: at
+    7 bits, and with pair-safe 8-bit codes (the default), the table keeps its own 8-bit copy (sharing the coarser
+    codes cost ~1 pt on SmolLM2); full-range 8-bit weights (VNNI/AMX only) share it."""
     from test_models import DIM, IDS, make_llama_weights, write_tiny_gguf
     from test_models import VOCAB as GGUF_VOCAB
 
@@ -149,11 +150,12 @@ def test_table_copied_into_lm_head_is_stored_once(tmp_path_factory, monkeypatch,
     saved = []
     real_save = savedmodel.save
     monkeypatch.setattr(savedmodel, "save", lambda parts, out: (saved.extend(parts), real_save(parts, out)))
-    # 7-bit weights (the default): the table keeps its own 8-bit copy beside the lm_head's
-    _, seven = _convert(tmp_path_factory, src, "copied7", **outliers)
-    assert seven["lowered"]["tied_embeddings"] == [] and len(seven["lowered"]["embeddings"]) == 1
+    # 7-bit weights, and pair-safe 8-bit (the default): the table keeps its own 8-bit copy beside the lm_head's
+    for name, bits in (("copied7", 7), ("copied_pair_safe", 8)):
+        _, own = _convert(tmp_path_factory, src, name, weight_bits=bits, **outliers)
+        assert own["lowered"]["tied_embeddings"] == [] and len(own["lowered"]["embeddings"]) == 1
     saved.clear()
-    out, report = _convert(tmp_path_factory, src, "copied", weight_bits=8, **outliers)
+    out, report = _convert(tmp_path_factory, src, "copied", weight_bits=8, weight_pairs="full", **outliers)
     tied = report["lowered"]["tied_embeddings"]
     assert len(tied) == 1
     head = [q for q in report["quantized"] if q["op"].endswith("lm_head/Tensordot/MatMul")]
@@ -167,7 +169,7 @@ def test_table_copied_into_lm_head_is_stored_once(tmp_path_factory, monkeypatch,
     rows = savedmodel.build_function(graph_def, model, captures, {"e": tied[0]["gather"]})(
         input_ids=ids, attention_mask=np.ones_like(ids))["e"].numpy()
     table = make_llama_weights(seed=6, tied=True)["token_embd.weight"][ids]
-    step = np.abs(table).max(axis=-1, keepdims=True) / 127  # 8-bit lm_head weights, per vocabulary row
+    step = np.abs(table).max(axis=-1, keepdims=True) / 127  # full-range 8-bit lm_head weights, per vocabulary row
     assert np.all(np.abs(rows - table) <= 0.5 * step + 1e-6)
     channels = head[0].get("outlier_channels") or []
     np.testing.assert_array_equal(rows[..., channels], table[..., channels])

@@ -201,7 +201,8 @@ def test_lowered_graph_is_int8_and_small(tiny_gptj, int8_default):
 def test_lowered_matches_qdq(qdq_default, int8_default, random_batch):
     """The int8 kernels compute what the QDQ graph simulates, up to the weight grid.
 
-    Bound: the lowered graph stores 7-bit weights (saturation-safe, see tfquant/lower.py) and
+    Bound: the lowered graph stores pair-safe 8-bit weights (a coarser step where pairs need it, see
+    tfquant/qparams.py) and
     int8 embeddings where the QDQ graph has 8-bit weights and fp32 embeddings; measured on this
     model: max |diff| 0.027 on logits of magnitude ~0.8, top-1 agreement 0.96.  0.1 leaves
     room for CPU differences while still catching a wrong scale or bias (those give > 0.25).

@@ -332,7 +332,8 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     if policy.output_format == "int8":
         from .lower import lower_to_int8
 
-        lowered = lower_to_int8(graph, model, captures, weight_bits=policy.weight_bits, store=store,
+        lowered = lower_to_int8(graph, model, captures, weight_bits=policy.weight_bits,
+                                pair_safe=policy.weight_pairs == "safe", store=store,
                                 moments=_second_moments(result.quantized, prep.ranges, policy))
     simplified = None
     if policy.simplify:

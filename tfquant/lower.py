@@ -30,7 +30,7 @@ import numpy as np
 
 from . import names
 from .graph import DType, Graph, const_value, make_const, make_node, parse_input
-from .qparams import quantize_weight
+from .qparams import PAIR_LIMIT, fit_pairs, pair_safe_max_abs, quantize_weight
 
 MKL_LABEL = "QuantizedMklOp"  # kernel label of oneDNN's native-format quantized kernels
 KERNEL = "_MklQuantizedMatMulWithBiasAndDequantize"
@@ -122,23 +122,26 @@ def table_handle(graph: Graph, tensor: str) -> Optional[str]:
     return graph.resource_handle(node.name) if node.op == "ReadVariableOp" else None
 
 
-def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits: int = 7, store=None,
-                  moments: Optional[dict] = None) -> dict:
+def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits: int = 8, store=None,
+                  moments: Optional[dict] = None, pair_safe: bool = True) -> dict:
     """Rewrite every lowerable QDQ MatMul in place; returns a summary for report.json.
 
-    ``weight_bits=7`` stores weights in [-63, 63].  Measured here: on CPUs without VNNI (this
-    machine's oneDNN runs its AVX2 path) the u8 x s8 kernel adds pairs of products in int16
-    with saturation, and full-range 8-bit weights gave errors up to 10x the emulated int8
-    result on some shapes; 255*63*2 < 32767 cannot saturate, and the kernel then matches the
-    emulation to 1e-6.  ``weight_bits=8`` is for deployments on VNNI/AMX CPUs only.
+    On CPUs without VNNI the u8 x s8 kernel adds pairs of products in int16 with saturation, and
+    full-range 8-bit weights gave errors up to 10x the emulated int8 result on some shapes (measured on
+    an AVX2 machine, and here with ONEDNN_MAX_CPU_ISA=AVX2).  ``weight_bits=8`` with ``pair_safe`` (the
+    default) keeps each pair of adjacent inputs' codes within |a| + |b| <= 128 (qparams.PAIR_LIMIT), which
+    cannot saturate: exact on every CPU.  ``weight_bits=7`` stores weights in [-63, 63] (255*63*2 < 32767,
+    the earlier default); ``pair_safe=False`` uses all of [-127, 127]: VNNI/AMX CPUs only.
     ``store``: where new variables come from (see ``add_variable``).
     ``moments``: {MatMul op: (activation tensor, sum of x^T x)} to round those weights with GPTQ
     (tfquant/gptq.py); None rounds every weight to nearest.
     """
     from .embeddings import lower_embeddings  # embeddings.py builds on this module's variable helpers
 
-    lowering = _MatMulLowering(graph, model, captures, levels=2 ** (weight_bits - 1) - 1, store=store,
-                               moments=moments)
+    levels = 2 ** (weight_bits - 1) - 1
+    pair_limit = PAIR_LIMIT if pair_safe and 2 * levels > PAIR_LIMIT else None  # 7 bits: 2 * 63 fits anyway
+    lowering = _MatMulLowering(graph, model, captures, levels=levels, store=store, moments=moments,
+                               pair_limit=pair_limit)
     for mm in list(graph.by_op("MatMul")):
         lowering.lower(mm)
     # The fp32 QDQ nodes of the lowered MatMuls are dead now.  Dropping them first makes every
@@ -153,6 +156,8 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
         "weight_granularity": "per_channel" if lowering.per_channel_ops else "per_tensor",
         "per_channel_ops": lowering.per_channel_ops,
         "weight_bits": weight_bits,
+        "weight_pairs": "safe" if pair_safe or 2 * levels <= PAIR_LIMIT else "full",
+        "pair_scaled_columns": lowering.pair_scaled_columns,
         "weight_storage": "int8 variables (scales as constants)",
         "ops": lowering.lowered,
         "not_lowered": lowering.not_lowered + embedding["not_lowered"],
@@ -165,8 +170,11 @@ def lower_to_int8(graph: Graph, model, captures: Dict[str, object], weight_bits:
 class _MatMulLowering:
     """QDQ MatMuls -> int8 kernels, one at a time, and what the embeddings and the cleanup need to know."""
 
-    def __init__(self, graph: Graph, model, captures: Dict[str, object], levels: int, store=None, moments=None):
+    def __init__(self, graph: Graph, model, captures: Dict[str, object], levels: int, store=None, moments=None,
+                 pair_limit: Optional[int] = None):
         self.graph, self.model, self.captures, self.levels, self.store = graph, model, captures, levels, store
+        self.pair_limit = pair_limit  # None: codes use all of [-levels, levels]
+        self.pair_scaled_columns = 0  # output columns whose scale grew so that their pairs fit
         self.moments = moments  # None: round to nearest
         self._solvers: Dict[tuple, object] = {}
         self._codes: Dict[tuple, tuple] = {}  # one rounding per weight, however many MatMuls read it
@@ -237,18 +245,18 @@ class _MatMulLowering:
         Tied: the lm_head reads the table itself, transposed (GPT-2, OPT).  Copied: the lm_head has a
         variable of its own holding the table transposed, value for value (Keras Mistral/Llama do not
         tie, so a tied checkpoint such as SmolLM2's is exported with the embedding copied into lm_head);
-        with 8-bit weights (``--weight_bits 8``) one int8 copy then serves both, and the model does not
-        carry the table twice.
+        with full-range 8-bit weights (``--weight_bits 8 --weight_pairs full``) one int8 copy then serves both,
+        and the model does not carry the table twice.
         """
         handle = table_handle(self.graph, weight_tensor)
         if handle is None:
             return None
         if transposed:
             return handle if handle in self.gathered else None
-        if self.model is None or handle in self.gathered or self.levels < 127:
-            # A copy shared at 7 bits loses the table's eighth bit.  Measured on SmolLM2 (446 items per domain):
-            # -1.12 vs -0.22 pt against fp32 on Austen, -0.90 vs -1.35 pt on adventures, i.e. unresolved; the
-            # default keeps its graph as it was (README "How it works").
+        if self.model is None or handle in self.gathered or self.levels < 127 or self.pair_limit:
+            # A copy shared at 7 bits, or with pair-safe codes (a column's step grows with its largest pair), is
+            # coarser than the table's own 8-bit copy.  Measured on SmolLM2 (446 Austen items, calibrated on
+            # Austen): 7-bit -1.12 shared vs -0.22 pt own copy; pair-safe 8-bit -1.57 shared (README).
             return None
         candidates = [t for t in sorted(self.gathered - set(self.tables))
                       if self.captures.get(t) is not None and tuple(self.captures[t].shape) == (shape[1], shape[0])]
@@ -281,6 +289,10 @@ class _MatMulLowering:
             w_max = np.maximum(np.abs(w).max(axis=0), 1e-8).astype(np.float32)
         else:
             w_max = np.float32(max(float(np.abs(w).max()), 1e-8))
+        if self.pair_limit:
+            rtn_max = w_max
+            w_max = pair_safe_max_abs(w, w_max, self.levels, self.pair_limit)
+            self.pair_scaled_columns += int(np.sum(w_max > rtn_max))
         reason = self._nearest_reason(op, tied)
         if reason is None:
             codes = self._solver(op, outlier_op).quantize(w, w_max, self.levels)
@@ -289,6 +301,8 @@ class _MatMulLowering:
             codes = quantize_weight(w, w_max, self.levels)
             if self.moments is not None:
                 self.nearest_ops.append({"op": op, "reason": reason})
+        if self.pair_limit:  # rounding up both codes of a pair (or GPTQ's updates) can still go one over
+            codes = fit_pairs(codes, w * (self.levels / w_max.astype(np.float64)), self.pair_limit)
         self._codes[key] = (codes, w_max)
         return self._codes[key]
 

@@ -35,7 +35,8 @@ class QuantPolicy:
     # smallest gets one scale (per-channel would cost a rescale Mul per output for < log2(1.1) = 0.14 bit).
     per_channel_min_spread: float = DEFAULT_PER_CHANNEL_MIN_SPREAD
     output_format: str = "int8"             # "int8": lower to real int8 kernels; "qdq": keep the QDQ graph
-    weight_bits: int = 7                    # lowered weights: 7 is saturation-safe without VNNI (see lower.py)
+    weight_bits: int = _R.weight_bits       # lowered weights: 8 (pair-safe, see weight_pairs) or 7
+    weight_pairs: str = _R.weight_pairs     # 8-bit lowered weights: "safe" on every CPU, "full" VNNI/AMX only
     weight_rounding: str = _R.weight_rounding  # lowered weights: "nearest" or "gptq" (tfquant/gptq.py)
     exclude: Tuple[str, ...] = field(default_factory=tuple)  # regexes of op names kept in fp32
     outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD  # > 0: channels above threshold x median |x| run in fp32 (a fallback)
@@ -116,6 +117,7 @@ class QuantPolicy:
             output_format=output_format,
             weight_bits=weight_bits,
             weight_rounding=r.weight_rounding,
+            weight_pairs=r.weight_pairs,
             exclude=tuple(exclude),
             # performance_only means no fallback of any kind, partial (outlier channels) included
             # dynamic ranges are per token by construction, and without calibration no channel is known to be an outlier

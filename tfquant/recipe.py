@@ -36,6 +36,7 @@ GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 OBSERVERS = ("minmax", "percentile", "mse", "kl")
 OUTPUT_FORMATS = ("int8", "qdq")
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
+WEIGHT_PAIRS = ("safe", "full")
 DEFAULT_GROUP_SIZE = 32  # int4 (q4_0-like); MX and ggml blocks are fixed by their formats
 
 
@@ -76,8 +77,16 @@ class Recipe:
     per_channel_min_spread: float = option(
         1.1, "int8 kernels: per-channel weight scales only where a weight's largest column max|w| exceeds its "
              "smallest by this factor (1 = always per channel)")
-    weight_bits: int = option(7, "bits of int8-kernel weights: 7 cannot saturate on CPUs without VNNI; 8 for VNNI/AMX",
+    # 8 since 2026-12-01 (was 7): pair-safe 8-bit codes are exact on every CPU, and measured off the calibration
+    # domain (SmolLM2, bench/results/cross_domain_candidates) they close the gap 7 bits left (README).
+    weight_bits: int = option(8, "bits of int8-kernel weights: 8 (codes in [-127, 127], see --weight_pairs) or 7 "
+                                 "(codes in [-63, 63], the default before pair-safe codes)",
                               choices=(7, 8), type=int)
+    weight_pairs: str = option(
+        "safe", "8-bit weights: safe keeps |w[2i]| + |w[2i+1]| <= 128 for every pair of adjacent inputs (the scale "
+                "grows where a pair needs it), so CPUs without VNNI, whose kernel adds pairs of u8 x s8 products in "
+                "int16, cannot saturate; full uses all of [-127, 127]: correct on VNNI/AMX CPUs only",
+        choices=WEIGHT_PAIRS)
     weight_rounding: str = option(
         "nearest", "int8 kernels: round weights to nearest, or gptq: error-compensating rounding from the "
                    "calibration inputs' second moments (same scales, different integers; tfquant/gptq.py)",
