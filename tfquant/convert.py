@@ -135,7 +135,10 @@ def _calibration_report(inp: ModelInput, policy: QuantPolicy, observer: str) -> 
     return {"run": True, **inp.calibration.describe(), "observer": observer}
 
 
-def _calibrate(inp: ModelInput, graph: Graph, policy: QuantPolicy, observer: str, progress: bool) -> dict:
+def _calibrate(inp: ModelInput, graph: Graph, policy: QuantPolicy, observer: str, progress: bool,
+               known: Iterable[str] = ()) -> dict:
+    """Ranges of every tensor the quantizers need.  ``known``: tensors an earlier signature calibrated, whose
+    second moments (GPTQ) that signature's ranges supply, so they are not collected again."""
     import tensorflow as tf
 
     model = inp.model
@@ -145,7 +148,7 @@ def _calibrate(inp: ModelInput, graph: Graph, policy: QuantPolicy, observer: str
     runner = savedmodel.build_function(model.graph_def, model, model.captures, {t_: t_ for t_ in tensors})
     needs_channels = policy.outlier_threshold or policy.smooth_alpha or policy.token_outlier_threshold
     channel_stats = matmul_inputs(graph) if needs_channels else ()
-    moments = matmul_inputs(graph) if policy.weight_rounding == "gptq" else ()
+    moments = matmul_inputs(graph) - set(known) if policy.weight_rounding == "gptq" else ()
     try:
         return calibrate(runner, inp.batches, tensors, observer=observer, progress=progress, per_channel=channel_stats,
                          second_moments=moments)
@@ -313,7 +316,7 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     ranges, timings = None, {}
     if prefill_ranges is not None:
         t = time.perf_counter()
-        own = _calibrate(inp, Graph(inp.model.graph_def), policy, observer, progress)
+        own = _calibrate(inp, Graph(inp.model.graph_def), policy, observer, progress, known=prefill_ranges)
         ranges = {tensor: prefill_ranges.get(tensor, r) for tensor, r in own.items()}
         timings["calibrate"] = time.perf_counter() - t
     prep = prepare_qdq(inp, policy, observer=observer, progress=progress, fallback_ops=fallback_ops, ranges=ranges)
