@@ -313,7 +313,7 @@ class _MatMulLowering:
         if tied:  # the gather reads these integers as embedding rows, which the compensation knows nothing of
             return "the int8 weight is also an embedding table"
         if op not in self.moments:
-            return ("no second moments (beyond the memory budget, or the input was not observed)")
+            return "no second moments (beyond the memory budget, or the input was not observed)"
         return None
 
     def _solver(self, op: str, outlier_op: Optional[str]):

@@ -80,6 +80,5 @@ def fit_pairs(codes: np.ndarray, exact: np.ndarray, limit: int = PAIR_LIMIT) -> 
         push_b = np.abs(b) - np.abs(exact[1:k:2])
         shrink_a = over & (push_a >= push_b)
         shrink_b = over & ~shrink_a
-        a -= np.sign(a) * shrink_a
+        a -= np.sign(a) * shrink_a  # a and b are views: q moves with them
         b -= np.sign(b) * shrink_b
-        q[0:k:2], q[1:k:2] = a, b
