@@ -338,12 +338,7 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
         lowered = lower_to_int8(graph, model, captures, weight_bits=policy.weight_bits,
                                 pair_safe=policy.weight_pairs == "safe", store=store,
                                 moments=_second_moments(result.quantized, prep.ranges, policy))
-    simplified = None
-    if policy.simplify:
-        from .simplify import simplify_rotary
-
-        simplified = simplify_rotary(graph)
-    graph.prune(list(model.outputs.values()), keep=[n.split(":")[0] for n in model.inputs.values()])
+    simplified = _simplify_and_prune(graph, model, captures, policy)
     captures = {k: v for k, v in captures.items() if k in graph.nodes}
     converted = graph.to_graph_def()
     timings["rewrite"] = time.perf_counter() - t
@@ -361,6 +356,26 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     }
     chosen = tuple(fallback["ops"]) if fallback else tuple(fallback_ops)
     return SignatureResult(model, converted, captures, report, timings, chosen, len(inp.batches), prep.ranges)
+
+
+def _simplify_and_prune(graph: Graph, model, captures: dict, policy: QuantPolicy) -> Optional[dict]:
+    """The exact rewrites (simplify.py; shapes.py + cse.py: shape arithmetic shared across layers and
+    identical pure ops merged), then everything the outputs no longer need is pruned; returns the report."""
+    outputs = list(model.outputs.values())
+    inputs = [n.split(":")[0] for n in model.inputs.values()]
+    if not policy.simplify:
+        graph.prune(outputs, keep=inputs)
+        return None
+    from .cse import share_and_merge
+    from .simplify import simplify_rotary
+
+    report = simplify_rotary(graph)
+    graph.prune(outputs, keep=inputs)
+    shared = share_and_merge(graph, captures, protected=[o.split(":")[0] for o in outputs] + inputs)
+    shared["nodes_pruned"] = graph.prune(outputs, keep=inputs)
+    shared["nodes_after"] = len(graph.nodes)
+    report["shared_shapes"] = shared
+    return report
 
 
 def _second_moments(quantized: list, ranges: dict, policy: QuantPolicy) -> Optional[dict]:
@@ -393,12 +408,7 @@ def _encode_signature(inp: ModelInput, policy: QuantPolicy, store: VariableStore
     decisions = plan_all(graph, policy, {})
     captures = dict(model.captures)
     encoded = encode_weights(graph, decisions, model, captures, policy, store, stored_weights)
-    simplified = None
-    if policy.simplify:
-        from .simplify import simplify_rotary
-
-        simplified = simplify_rotary(graph)
-    graph.prune(list(model.outputs.values()), keep=[n.split(":")[0] for n in model.inputs.values()])
+    simplified = _simplify_and_prune(graph, model, captures, policy)
     captures = {k: v for k, v in captures.items() if k in graph.nodes}
     report = {"op_histogram": {"before": before, "after": graph.op_histogram()},
               "quantized": [{"op": o["op"], "op_type": "MatMul", "weight_format": o["format"]} for o in encoded["ops"]],

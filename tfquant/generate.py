@@ -137,6 +137,9 @@ def parse_args(argv=None):
     p.add_argument("--top_k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_cache", action="store_true", help="recompute the whole sequence for every token")
+    p.add_argument("--threads", default="decode",
+                   help="TF thread pools: 'decode' (default: inter-op = cores, intra-op = 1, measured fastest per "
+                        "token), 'default' (TF's own), or INTER,INTRA")
     return p.parse_args(argv)
 
 
@@ -153,10 +156,12 @@ def _sampler(args) -> Sampler:
 def main(argv=None) -> int:
     from .benchmark.memory import status_mb
     from .data import encode, tokenizer_for
+    from .machine import apply_threads
     from .modeldir import conversion_report, locate, max_positions
 
     args = parse_args(argv)
     sampler = _sampler(args)
+    apply_threads(args.threads)
     if not args.prompt.strip():
         raise UserError("--prompt must not be empty")
     folder = locate(args.model, "--model")

@@ -40,3 +40,41 @@ def _cpuinfo_field(name: str) -> Optional[str]:
     except OSError:
         pass
     return None
+
+
+# ----- TF thread pools ---------------------------------------------------------------------------
+# Measured on SmolLM2-135M, 2 cores (bench/threads.py -> bench/results/threads_smollm2.json): a decode step is
+# fastest with one thread per op and the cores running ops side by side (inter = cores, intra = 1: fp32 46.8
+# vs 53.5 ms with TF's default, int8 33.5 vs 40.9), while a 128-token prefill of the fp32 model wants TF's
+# default (254.7 vs 273.5 ms).  So generation defaults to "decode" and the benchmark keeps TF's default.
+THREAD_PRESETS = {"default": None, "decode": "cores,1"}
+
+
+def parse_threads(spec: str) -> Optional[tuple]:
+    """(inter, intra) from 'default', 'decode' or 'INTER,INTRA' (0 = TF's choice); None for TF's default."""
+    import os
+
+    from .errors import UserError
+
+    value = THREAD_PRESETS.get(spec, spec)
+    if value is None:
+        return None
+    try:
+        inter, intra = (os.cpu_count() or 1 if part.strip() == "cores" else int(part) for part in value.split(","))
+    except ValueError:
+        raise UserError(f"--threads takes 'default', 'decode' or INTER,INTRA (two integers >= 0), got {spec!r}") from None
+    if inter < 0 or intra < 0:
+        raise UserError(f"--threads takes thread counts >= 0, got {spec!r}")
+    return inter, intra
+
+
+def apply_threads(spec: str) -> Dict[str, int]:
+    """Set TF's inter/intra-op thread pools (``parse_threads``) before TF runs anything; returns what was set."""
+    pools = parse_threads(spec)
+    if pools is None:
+        return {}
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(pools[0])
+    tf.config.threading.set_intra_op_parallelism_threads(pools[1])
+    return {"inter_op": pools[0], "intra_op": pools[1]}

@@ -51,7 +51,8 @@ class QuantPolicy:
     # int8 format: MatMuls sharing one quantized input run as one kernel (tfquant/fuse.py).  Not for QDQ
     # graphs, where the fused weight would be a run-time ConcatV2 of variables.
     fuse_shared_input: bool = False
-    # int8 format: exact fp32 rewrites of slow glue around the kernels (tfquant/simplify.py: GPT-J's rotary).
+    # int8 format: exact fp32 rewrites of slow glue around the kernels (tfquant/simplify.py: GPT-J's rotary;
+    # shapes.py + cse.py: shape arithmetic shared across layers, identical pure ops merged).
     simplify: bool = True
     # --- the scheme (tfquant/recipe.py) ---
     activations: str = "int8"               # int8 (calibrated) | dynamic (per-token at run time) | none (weight-only)

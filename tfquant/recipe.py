@@ -100,7 +100,8 @@ class Recipe:
                                                  "the median token's are quantized per token (0 turns it off)")
     fuse_matmuls: bool = option(False, "int8 format: MatMuls that read one quantized input (q/k/v, gate/up) run as "
                                        "one kernel")
-    simplify: bool = option(True, "int8 format: exact rewrites of slow fp32 glue (GPT-J's rotary -> one MatMul); "
+    simplify: bool = option(True, "int8 format: exact rewrites of slow fp32 glue (GPT-J's rotary -> one MatMul; "
+                                  "shape arithmetic computed once per graph, identical ops merged); "
                                   "--no_simplify keeps the model's glue as it is", negative="--no_simplify")
     smooth_alpha: float = option(0.0, "SmoothQuant migration strength in [0, 1] (0 = off)")
     fallback_kl: float = option(0.0, "measured fallback: keep the most sensitive ops in fp32 until KL(fp32 || int8) "

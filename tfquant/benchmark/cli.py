@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from ..errors import ArgumentParser, UserError
+from ..machine import parse_threads
 from ..savedmodel import SIGNATURE_KEY
 from .peers import INC_VARIANTS
 from .run import run
@@ -68,6 +69,7 @@ class Settings:
     memory: bool
     cache: bool
     quiet: bool
+    threads: str = "default"    # TF thread pools (machine.parse_threads)
 
 
 def parse_args(argv=None):
@@ -103,6 +105,9 @@ def parse_args(argv=None):
                                                    "tokens/s for N new tokens (the KV cache where the model has a "
                                                    "decode signature), and the greedy continuations of two code "
                                                    "prompts with the share of tokens equal to fp32's (default 0: off)")
+    p.add_argument("--threads", default="default",
+                   help="TF thread pools for every model: 'default' (TF's own, measured fastest for a 128-token "
+                        "prefill), 'decode' (inter-op = cores, intra-op = 1, fastest per decoded token), or INTER,INTRA")
     p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     return p.parse_args(argv)
 
@@ -186,6 +191,7 @@ def settings_from(args) -> Settings:
     compare = _compare_arg(args.compare)
     if gen_tokens and not args.prompt.strip():
         raise UserError("--prompt must not be empty (or pass --gen_tokens 0)")
+    parse_threads(args.threads)
     _check_paths_and_packages(args, compare)
     return Settings(
         input_model=args.input_model, quantized_models=list(args.quantized_model), signature=args.signature,
@@ -193,7 +199,7 @@ def settings_from(args) -> Settings:
         dataset=args.dataset, data_dir=args.data_dir, samples=samples, batch_size=batch_size, seq_len=seq_len,
         warmup=warmup, iters=iters, gen_tokens=gen_tokens, prompt=args.prompt, generate=generate, compare=compare,
         output=args.output, chart=args.chart, accuracy=not args.no_accuracy, memory=not args.no_memory,
-        cache=not args.no_cache, quiet=bool(args.quiet))
+        cache=not args.no_cache, quiet=bool(args.quiet), threads=args.threads)
 
 
 def main(argv=None) -> int:

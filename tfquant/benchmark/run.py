@@ -8,6 +8,7 @@ from typing import List
 
 from ..errors import UserError
 from ..fsutil import atomic_write_json
+from ..machine import apply_threads
 from .log import Log
 from .measure import measure
 from .models import ModelSpec, apply_runtime_env, make_spec
@@ -21,6 +22,9 @@ def run(settings) -> int:
     taken: set = set()  # row names in use
     specs = _user_models(settings, taken)
     applied = apply_runtime_env([s.env for s in specs])  # before anything can import TensorFlow
+    pools = apply_threads(settings.threads)  # before TensorFlow runs an op
+    if pools:
+        applied["tf_threads (inter_op,intra_op)"] = f"{pools['inter_op']},{pools['intra_op']}"
     _check_seq_len(specs, settings.seq_len)
     items = _eval_items(settings, log)
     with tempfile.TemporaryDirectory(prefix="tfquant-bench-", ignore_cleanup_errors=True) as workdir:
