@@ -23,7 +23,7 @@ import _bootstrap  # noqa: F401
 from tfquant.data import default_calibration_text_path, encode, read_text, tokenizer_for
 from tfquant.fsutil import atomic_write_json, dir_size_bytes
 from tfquant.generate import Generator, Sampler
-from tfquant.machine import describe
+from tfquant.machine import apply_threads, describe
 from tfquant.modeldir import locate
 
 ROOT = _bootstrap.ROOT
@@ -55,6 +55,11 @@ def timed(gen: Generator, prompt: list, new: int) -> dict:
             "decode_ms_per_token": round(out.decode_ms_per_token, 3), "tokens_per_s": round(out.tokens_per_s, 2)}
 
 
+def _git_head() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=sorted(SOURCES), default="smollm2")
@@ -62,7 +67,9 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--new_tokens", type=int, default=128)
     p.add_argument("--output")
+    p.add_argument("--threads", default="decode", help="TF thread pools, as tfquant.generate's --threads")
     args = p.parse_args()
+    threads = apply_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
     fp32, int8 = prepare(args.model, args.work)
     tokenizer, tok_source = tokenizer_for(locate(fp32))
@@ -93,6 +100,7 @@ def main():
 
     result = {
         "model": args.model, "tokenizer": tok_source, "machine": {**describe(), "cpus": os.cpu_count()},
+        "threads": threads or "TF default", "code": _git_head(),
         "prompt_tokens": len(prompt), "new_tokens": args.new_tokens, "rounds": rounds, "best_round": best,
         "decode_ratio_int8_vs_fp32": round(best["int8"]["decode_ms_per_token"] / best["fp32"]["decode_ms_per_token"], 3),
         "prefill_ratio_int8_vs_fp32": round(best["int8"]["prefill_ms"] / best["fp32"]["prefill_ms"], 3),

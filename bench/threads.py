@@ -64,6 +64,9 @@ def main():
     p.add_argument("--name", default="smollm2")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--prompt", type=int, default=128, help="prefill tokens, and the decode step's past")
+    p.add_argument("--settings", default=",".join(f"{a}:{b}" for a, b in SETTINGS),
+                   help="INTER:INTRA pairs to run, comma-separated (default: all five)")
+    p.add_argument("--output", help="results file (default bench/results/threads_<name>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     models = [m.split("=", 1) for m in args.models]
@@ -74,7 +77,8 @@ def main():
     from tfquant.machine import describe
 
     rows = []
-    for inter, intra in SETTINGS:
+    settings = [tuple(int(v) for v in pair.split(":")) for pair in args.settings.split(",")]
+    for inter, intra in settings:
         out = subprocess.run([sys.executable, __file__, *args.models, "--rounds", str(args.rounds), "--prompt",
                               str(args.prompt), "--child", f"{inter},{intra}"], capture_output=True, text=True,
                              cwd=ROOT, check=True)
@@ -95,7 +99,7 @@ def main():
               "settings": rows, "best": summary, "machine": describe(), "date": time.strftime("%Y-%m-%d"),
               "timing": "one process per setting; models alternate round by round; median of 10 decode steps "
                         "and 2 prefills per round; 0 = TF's default (the core count)"}
-    out = os.path.join(ROOT, "bench", "results", f"threads_{args.name}.json")
+    out = args.output or os.path.join(ROOT, "bench", "results", f"threads_{args.name}.json")
     atomic_write_json(out, result, indent=1)
     for k, v in summary.items():
         print(f"{k}: best inter/intra {v['best_setting']}, {v['ms']} ms, {v['vs_fp32_best_setting']}x fp32's best")

@@ -64,6 +64,9 @@ def make_feeds(specs: Mapping[str, object], ids: np.ndarray, past: Optional[np.n
     past_len = 0 if past is None else int(past.shape[4])
     feeds = {}
     for name, spec in specs.items():
+        if name == CACHE_INPUT and not isinstance(past, np.ndarray) and past is not None:
+            feeds[name] = past  # a tf.Tensor the previous step returned: fed back as it is, no copy
+            continue
         value = {CACHE_INPUT: past, "input_ids": ids}.get(name)
         if value is None:
             value = DERIVED_INPUTS[name](ids, past_len)

@@ -93,7 +93,7 @@ class Generator:
         self.vocab = outputs[LOGITS_KEY].shape[-1]
 
     def _run(self, fn, feeds):
-        return fn(**{k: self.tf.constant(v) for k, v in feeds.items()})
+        return fn(**{k: v if self.tf.is_tensor(v) else self.tf.constant(v) for k, v in feeds.items()})
 
     def generate(self, prompt_ids: List[int], max_new: int, sampler: Sampler,
                  on_token: Callable[[int], None] = lambda _: None) -> Generation:
@@ -109,8 +109,8 @@ class Generator:
             else:
                 result = self._run(self.decode, make_feeds(self.decode.structured_input_signature[1], ids[:, -1:], past))
             logits = result[LOGITS_KEY].numpy()[0, -1]
-            if self.decode is not None:
-                past = result[CACHE_INPUT].numpy()
+            if self.decode is not None:  # the cache stays a tensor: copying it out and back costs ms per token
+                past = result[CACHE_INPUT]
             ms = 1000.0 * (time.perf_counter() - t)
             if i == 0:
                 out.prefill_ms = ms
