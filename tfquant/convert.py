@@ -331,6 +331,7 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     t = time.perf_counter()
     model, graph, result = inp.model, prep.graph, prep.result
     captures = dict(model.captures)
+    budget = [{"pass": "extracted", "nodes": sum(prep.before.values())}, {"pass": "qdq", "nodes": len(graph.nodes)}]
     lowered = None
     if policy.output_format == "int8":
         from .lower import lower_to_int8
@@ -338,12 +339,14 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
         lowered = lower_to_int8(graph, model, captures, weight_bits=policy.weight_bits,
                                 pair_safe=policy.weight_pairs == "safe", store=store,
                                 moments=_second_moments(result.quantized, prep.ranges, policy))
-    simplified = _simplify_and_prune(graph, model, captures, policy)
+        budget.append({"pass": "lower", "nodes": len(graph.nodes)})
+    simplified = _simplify_and_prune(graph, model, captures, policy, budget)
     captures = {k: v for k, v in captures.items() if k in graph.nodes}
     converted = graph.to_graph_def()
     timings["rewrite"] = time.perf_counter() - t
     report = {
         "op_histogram": {"before": prep.before, "after": graph.op_histogram()},
+        "op_budget": _with_deltas(budget),
         "quantized": result.quantized,
         "skipped": result.skipped,
         "shared_quantize_nodes": result.shared_quantize_nodes,
@@ -358,24 +361,33 @@ def _convert_signature(inp: ModelInput, policy: QuantPolicy, observer: str, prog
     return SignatureResult(model, converted, captures, report, timings, chosen, len(inp.batches), prep.ranges)
 
 
-def _simplify_and_prune(graph: Graph, model, captures: dict, policy: QuantPolicy) -> Optional[dict]:
+def _simplify_and_prune(graph: Graph, model, captures: dict, policy: QuantPolicy, budget: list) -> Optional[dict]:
     """The exact rewrites (simplify.py; shapes.py + cse.py: shape arithmetic shared across layers and
-    identical pure ops merged), then everything the outputs no longer need is pruned; returns the report."""
+    identical pure ops merged), then everything the outputs no longer need is pruned; returns the report
+    and appends each pass's node count to ``budget``."""
     outputs = list(model.outputs.values())
     inputs = [n.split(":")[0] for n in model.inputs.values()]
     if not policy.simplify:
         graph.prune(outputs, keep=inputs)
+        budget.append({"pass": "prune", "nodes": len(graph.nodes)})
         return None
     from .cse import share_and_merge
     from .simplify import simplify_rotary
 
     report = simplify_rotary(graph)
     graph.prune(outputs, keep=inputs)
+    budget.append({"pass": "simplify (rotary) + prune", "nodes": len(graph.nodes)})
     shared = share_and_merge(graph, captures, protected=[o.split(":")[0] for o in outputs] + inputs)
     shared["nodes_pruned"] = graph.prune(outputs, keep=inputs)
     shared["nodes_after"] = len(graph.nodes)
+    budget.append({"pass": "shared shapes + merged ops + prune", "nodes": len(graph.nodes)})
     report["shared_shapes"] = shared
     return report
+
+
+def _with_deltas(budget: list) -> list:
+    """Each pass's node count and how many nodes it added (+) or removed (-)."""
+    return [dict(b, delta=b["nodes"] - budget[i - 1]["nodes"]) if i else dict(b) for i, b in enumerate(budget)]
 
 
 def _second_moments(quantized: list, ranges: dict, policy: QuantPolicy) -> Optional[dict]:
@@ -408,9 +420,10 @@ def _encode_signature(inp: ModelInput, policy: QuantPolicy, store: VariableStore
     decisions = plan_all(graph, policy, {})
     captures = dict(model.captures)
     encoded = encode_weights(graph, decisions, model, captures, policy, store, stored_weights)
-    simplified = _simplify_and_prune(graph, model, captures, policy)
+    budget = [{"pass": "extracted", "nodes": sum(before.values())}, {"pass": "encode weights", "nodes": len(graph.nodes)}]
+    simplified = _simplify_and_prune(graph, model, captures, policy, budget)
     captures = {k: v for k, v in captures.items() if k in graph.nodes}
-    report = {"op_histogram": {"before": before, "after": graph.op_histogram()},
+    report = {"op_histogram": {"before": before, "after": graph.op_histogram()}, "op_budget": _with_deltas(budget),
               "quantized": [{"op": o["op"], "op_type": "MatMul", "weight_format": o["format"]} for o in encoded["ops"]],
               "skipped": encoded.pop("skipped"), "weight_only": encoded, "lowered": None, "simplified": simplified,
               "ranges": {}}

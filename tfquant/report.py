@@ -73,6 +73,10 @@ def format_summary(report: dict) -> str:
         if before.get(op, 0) != after.get(op, 0):
             lines.append(f"  {op:40s} {before.get(op, 0):6d} -> {after.get(op, 0):6d}")
     lines.append(f"nodes: {sum(before.values())} -> {sum(after.values())}")
+    budget = report.get("op_budget")
+    if budget:
+        lines.append("op budget: " + " -> ".join(
+            f"{b['pass']} {b['nodes']}" + (f" ({b['delta']:+d})" if "delta" in b else "") for b in budget))
     sizes = report.get("size_bytes", {})
     if sizes:
         lines.append(f"size on disk: {human_bytes(sizes['input'])} -> {human_bytes(sizes['output'])}"
