@@ -241,7 +241,11 @@ def test_rotary_rewrite_is_exact(convert, int8_default, random_batch):
     from tfquant.simplify import rotate_every_two_matrix
 
     out, report = int8_default
-    assert report["simplified"] == {"rotate_every_two_as_matmul": 4}  # q and k in each of 2 layers
+    assert report["simplified"]["rotate_every_two_as_matmul"] == 4  # q and k in each of 2 layers
+    shared = report["simplified"]["shared_shapes"]  # tfquant/cse.py: exact too (the logits below cover both)
+    assert shared["nodes_after"] < shared["nodes_before"] and shared["shape_tensors_shared"] > 0
+    budget = report["op_budget"]
+    assert [b["pass"] for b in budget][:3] == ["extracted", "qdq", "lower"] and budget[-1]["nodes"] == shared["nodes_after"]
     _, nodes = converted(out)
     ops = collections.Counter(n.op for n in nodes.values())
     assert ops["Pack"] < load_graph_ops(out)["Pack"] and ops["Neg"] == 0

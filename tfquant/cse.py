@@ -15,6 +15,8 @@ import numpy as np
 from .graph import Graph, parse_input, tensor_name
 from .shapes import INT_TYPES, PURE, SHAPE_ARITHMETIC, ShapeInference, out_dtype, topological_order
 
+LOOP_OPS = {"Enter", "Exit", "NextIteration", "LoopCond", "RefEnter", "RefExit", "RefNextIteration"}
+
 
 def _int_dtype(node):
     dtype = out_dtype(node)
@@ -115,8 +117,12 @@ def merge_common_subexpressions(graph: Graph, captures: Dict[str, object], prote
 
 
 def share_and_merge(graph: Graph, captures: Dict[str, object], protected: Iterable[str]) -> dict:
-    """Steps 2 and 3 with node counts, for the report."""
+    """Steps 2 and 3 with node counts, for the report.  A graph with a v1 while loop (its back edge is a
+    cycle in the GraphDef) is left as it is."""
     before = len(graph.nodes)
+    loops = sorted({n.op for n in graph.nodes.values()} & LOOP_OPS)
+    if loops:
+        return {"skipped": f"the graph has a while loop ({', '.join(loops)})", "nodes_before": before}
     moved = share_shape_arithmetic(graph, captures)
     merged = merge_common_subexpressions(graph, captures, protected)
     return {"shape_tensors_shared": moved, "nodes_merged": merged, "nodes_before": before,

@@ -364,7 +364,7 @@ class ShapeInference:
             acc = x.value[0] if x.value else const(1 if combine is mul else 0)
             for v in x.value[1:]:
                 acc = combine(acc, v)
-            value = [acc] * (len(x.value) and 1)
+            value = [acc]
         return {0: self._with_value(node, shape, value)}
 
     def _op_Prod(self, node, ins):
