@@ -58,8 +58,8 @@ def timed(gen: Generator, prompt: list, new: int) -> dict:
 def _git_head() -> str:
     """The commit measured ("+changes" when the working tree differs from it)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+                           cwd=ROOT, capture_output=True, text=True)  # a results file a run rewrote is not code
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
