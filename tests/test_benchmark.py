@@ -223,6 +223,7 @@ def assert_one_line_error(code, err, needle):
     (["--seq_len", "x"], "--seq_len must be an integer"),
     (["--compare", "tflite"], "--compare 'tflite' is not supported"),
     (["--bogus_flag"], "unrecognized arguments: --bogus_flag"),
+    (["--threads", "1,2,3"], "--threads takes 'default', 'decode' or INTER,INTRA"),
 ])
 def test_bad_flags(tiny_gptj, tmp_path, capsys, extra, needle):
     code, _, err = _bench(["--input_model", tiny_gptj, "--output", str(tmp_path / "r.json")] + extra, capsys)

@@ -102,6 +102,8 @@ def test_generate_without_a_decode_signature_falls_back(tiny_gptj):
     (["--max_new_tokens", "0"], "--max_new_tokens must be positive"),
     (["--max_new_tokens", "300"], "longer than the model's 256 positions"),
     (["--greedy", "--temperature", "0.5"], "contradict"),
+    (["--threads", "fast"], "--threads takes 'default', 'decode' or INTER,INTRA"),
+    (["--threads", "2,-1"], "--threads takes thread counts >= 0"),
 ])
 def test_generate_bad_input(tiny_gptj, args, needle):
     proc = _generate("--model", tiny_gptj, "--prompt", "Hello", *args)

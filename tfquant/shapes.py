@@ -149,12 +149,13 @@ class ShapeInference:
         for name in self.order:
             node = graph.nodes[name]
             ins = [i for i in node.input if not i.startswith("^")]
-            if node.op == "Switch" or any(parse_input(i)[0] in self.tainted for i in ins):
+            # a node reading a possibly dead tensor, through data or control edges, may be dead itself
+            if node.op == "Switch" or any(parse_input(i)[0] in self.tainted for i in node.input):
                 if node.op != "Merge":
                     self.tainted.add(name)
             try:
                 outs = self._infer(node, [self.fact(i) for i in ins])
-            except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError):
+            except Exception:  # a rule that cannot read this node knows nothing: the safe direction (no rewrite)
                 outs = {}
             for idx, fact in outs.items():
                 self.facts[tensor_name(name, idx)] = fact
@@ -209,7 +210,8 @@ class ShapeInference:
             return {0: Fact(dims)}
         if op == "Const":
             value = const_value(node)
-            flat = [const(int(v)) for v in np.ravel(value)] if value.dtype.kind in "iu" else None
+            small_int = value.dtype.kind in "iu" and value.size <= MAX_VALUE
+            flat = [const(int(v)) for v in np.ravel(value)] if small_int else None
             return {0: self._with_value(node, tuple(const(d) for d in value.shape), flat)}
         x = ins[0] if ins else None
         if op in ("Shape", "Size"):
