@@ -13,7 +13,7 @@ from typing import Dict, Iterable
 import numpy as np
 
 from .graph import Graph, parse_input, tensor_name
-from .shapes import INT_TYPES, PURE, SHAPE_ARITHMETIC, ShapeInference, out_dtype, topological_order
+from .shapes import INT_TYPES, PURE, SHAPE_ARITHMETIC, ShapeInference, out_dtype
 
 LOOP_OPS = {"Enter", "Exit", "NextIteration", "LoopCond", "RefEnter", "RefExit", "RefNextIteration"}
 
@@ -97,7 +97,7 @@ def merge_common_subexpressions(graph: Graph, captures: Dict[str, object], prote
         if dup not in protected:
             alias[dup] = keep
     seen: Dict[tuple, str] = {}
-    for name in topological_order(graph):
+    for name in graph.topological_order():
         node = graph.nodes[name]
         for i, inp in enumerate(node.input):
             src, idx = parse_input(inp)

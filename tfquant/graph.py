@@ -162,8 +162,10 @@ class Graph:
         self.remove(dead)
         return len(dead)
 
-    def toposort(self) -> None:
-        """Order nodes so producers come first; ties keep the current order (deterministic)."""
+    def topological_order(self) -> List[str]:
+        """Node names, producers first; ties keep the current order (deterministic)."""
+        import heapq
+
         order = list(self.nodes)
         position = {name: i for i, name in enumerate(order)}
         indegree = {name: 0 for name in order}
@@ -174,8 +176,6 @@ class Graph:
                 if src in self.nodes:
                     indegree[name] += 1
                     users[src].append(name)
-        import heapq
-
         ready = [position[n] for n in order if indegree[n] == 0]
         heapq.heapify(ready)
         result = []
@@ -188,7 +188,11 @@ class Graph:
                     heapq.heappush(ready, position[user])
         if len(result) != len(order):
             raise ValueError("graph has a cycle")
-        self.nodes = {name: self.nodes[name] for name in result}
+        return result
+
+    def toposort(self) -> None:
+        """Order nodes so producers come first (``topological_order``)."""
+        self.nodes = {name: self.nodes[name] for name in self.topological_order()}
 
     def to_graph_def(self) -> graph_pb2.GraphDef:
         gd = graph_pb2.GraphDef()

@@ -145,7 +145,7 @@ class ShapeInference:
         self.resource_shapes = resource_shapes or {}   # resource placeholder -> the variable's static shape
         self.facts: Dict[str, Fact] = {}
         self.tainted: set = set()          # nodes under a Switch (their outputs may be dead)
-        self.order: List[str] = topological_order(graph)
+        self.order: List[str] = graph.topological_order()
         for name in self.order:
             node = graph.nodes[name]
             ins = [i for i in node.input if not i.startswith("^")]
@@ -556,30 +556,3 @@ class ShapeInference:
             return {0: Fact(shapes.pop()), 1: Fact(())}
         return {}
 
-
-def topological_order(graph: Graph) -> List[str]:
-    """Node names, producers first; ties in the graph's own order (deterministic)."""
-    import heapq
-
-    order = list(graph.nodes)
-    position = {name: i for i, name in enumerate(order)}
-    indegree, users = {name: 0 for name in order}, defaultdict(list)
-    for name in order:
-        for inp in graph.nodes[name].input:
-            src = parse_input(inp)[0]
-            if src in graph.nodes:
-                indegree[name] += 1
-                users[src].append(name)
-    ready = [position[n] for n in order if indegree[n] == 0]
-    heapq.heapify(ready)
-    out = []
-    while ready:
-        name = order[heapq.heappop(ready)]
-        out.append(name)
-        for user in users[name]:
-            indegree[user] -= 1
-            if indegree[user] == 0:
-                heapq.heappush(ready, position[user])
-    if len(out) != len(order):
-        raise ValueError("graph has a cycle")
-    return out
