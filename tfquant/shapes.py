@@ -375,17 +375,10 @@ class ShapeInference:
     def _op_Sum(self, node, ins):
         return self._reduce(node, ins, add)
 
-    def _op_Mean(self, node, ins):
+    def _op_Mean(self, node, ins):  # also Max, Min, All: the shape of a reduction, no value
         return self._reduce(node, ins, None)
 
-    def _op_Max(self, node, ins):
-        return self._reduce(node, ins, None)
-
-    def _op_Min(self, node, ins):
-        return self._reduce(node, ins, None)
-
-    def _op_All(self, node, ins):
-        return self._reduce(node, ins, None)
+    _op_Max = _op_Min = _op_All = _op_Mean
 
     def _op_Reshape(self, node, ins):
         x, target = ins[0], ins[1]
