@@ -28,9 +28,10 @@ def child(models, inter, intra, rounds, prompt):
     import numpy as np
     import tensorflow as tf
 
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
     from tfquant.feeds import make_feeds
+    from tfquant.machine import apply_threads
+
+    apply_threads(f"{inter},{intra}")
 
     ids = np.random.RandomState(0).randint(0, 49000, (1, prompt)).astype(np.int32)
     runs = []
