@@ -371,12 +371,13 @@ def _simplify_and_prune(graph: Graph, model, captures: dict, policy: QuantPolicy
         graph.prune(outputs, keep=inputs)
         budget.append({"pass": "prune", "nodes": len(graph.nodes)})
         return None
-    from .cse import share_and_merge
-    from .simplify import simplify_rotary
+    from .cse import resource_shapes, share_and_merge
+    from .simplify import simplify_repeat_kv, simplify_rotary
 
     report = simplify_rotary(graph)
+    report["grouped_query_products"] = simplify_repeat_kv(graph, resource_shapes(captures))
     graph.prune(outputs, keep=inputs)
-    budget.append({"pass": "simplify (rotary) + prune", "nodes": len(graph.nodes)})
+    budget.append({"pass": "simplify (rotary, grouped attention) + prune", "nodes": len(graph.nodes)})
     shared = share_and_merge(graph, captures, protected=[o.split(":")[0] for o in outputs] + inputs)
     shared["nodes_pruned"] = graph.prune(outputs, keep=inputs)
     shared["nodes_after"] = len(graph.nodes)

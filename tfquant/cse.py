@@ -23,7 +23,7 @@ def _int_dtype(node):
     return dtype if dtype in INT_TYPES else None
 
 
-def _resource_shapes(captures: Dict[str, object]) -> Dict[str, tuple]:
+def resource_shapes(captures: Dict[str, object]) -> Dict[str, tuple]:
     out = {}
     for name, obj in captures.items():
         shape = getattr(obj, "shape", None)
@@ -45,7 +45,7 @@ def _rewire(graph: Graph, replace: Dict[str, str]) -> None:
 
 def share_shape_arithmetic(graph: Graph, captures: Dict[str, object]) -> int:
     """Integer shape tensors with the same symbolic value read the first of them; returns how many moved."""
-    inference = ShapeInference(graph, _resource_shapes(captures))
+    inference = ShapeInference(graph, resource_shapes(captures))
     first: Dict[tuple, str] = {}
     replace: Dict[str, str] = {}
     for name in inference.order:

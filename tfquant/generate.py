@@ -95,22 +95,26 @@ class Generator:
     def _run(self, fn, feeds):
         return fn(**{k: v if self.tf.is_tensor(v) else self.tf.constant(v) for k, v in feeds.items()})
 
+    def step(self, ids: np.ndarray, past=None):
+        """One forward: the prompt ``ids`` [1, T] through prefill (``past`` None, or no decode signature: then
+        ``ids`` is the whole sequence), or the last of ``ids`` through decode with ``past``.  Returns the last
+        position's logits (numpy) and the cache to pass on (None without a decode signature)."""
+        if past is None or self.decode is None:
+            result = self._run(self.prefill, make_feeds(self.prefill.structured_input_signature[1], ids))
+        else:
+            result = self._run(self.decode, make_feeds(self.decode.structured_input_signature[1], ids[:, -1:], past))
+        # the cache stays a tensor: copying it out and back costs ms per token
+        return result[LOGITS_KEY].numpy()[0, -1], (result[CACHE_INPUT] if self.decode is not None else None)
+
     def generate(self, prompt_ids: List[int], max_new: int, sampler: Sampler,
                  on_token: Callable[[int], None] = lambda _: None) -> Generation:
         pick = sampler.make()
         ids = np.asarray([prompt_ids], np.int32)
-        specs = self.prefill.structured_input_signature[1]
         out = Generation(cached=self.decode is not None)
         past = None
         for i in range(max_new):
             t = time.perf_counter()
-            if past is None or self.decode is None:  # prefill, or recompute without a cache
-                result = self._run(self.prefill, make_feeds(specs, ids))
-            else:
-                result = self._run(self.decode, make_feeds(self.decode.structured_input_signature[1], ids[:, -1:], past))
-            logits = result[LOGITS_KEY].numpy()[0, -1]
-            if self.decode is not None:  # the cache stays a tensor: copying it out and back costs ms per token
-                past = result[CACHE_INPUT]
+            logits, past = self.step(ids, past)
             ms = 1000.0 * (time.perf_counter() - t)
             if i == 0:
                 out.prefill_ms = ms

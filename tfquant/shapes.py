@@ -346,8 +346,10 @@ class ShapeInference:
         total = const(0)
         for f in parts:
             total = add(total, f.shape[a])
-        # every other axis must agree for ConcatV2 to run: the first input's dims are the output's
-        shape = parts[0].shape[:a] + (total,) + parts[0].shape[a + 1:]
+        # every other axis must agree for ConcatV2 to run, so a part that knows a dim as a number knows it for all
+        # (a decode step's past, sliced from a cache placeholder with unknown heads, beside the new keys' reshape)
+        shape = tuple(total if i == a else next((f.shape[i] for f in parts if as_int(f.shape[i]) is not None),
+                                                 parts[0].shape[i]) for i in range(rank))
         value = None
         if rank == 1 and all(f.value is not None for f in parts):
             value = [v for f in parts for v in f.value]

@@ -19,7 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from .graph import DType, Graph, const_value, make_const, make_node, parse_input
+from .graph import DType, Graph, const_value, make_const, make_node, parse_input, tensor_name
+from .shapes import as_int, const
 
 
 def _const_ints(graph: Graph, name: str) -> Optional[list]:
@@ -120,3 +121,127 @@ def simplify_rotate_every_two(graph: Graph) -> int:
                             {"T": DType("float"), "adj_x": False, "adj_y": False}))
         replaced += 1
     return replaced  # the slices, Neg and Pack are left unread; the converter's prune drops them
+
+
+# ----- grouped-query attention: no repeated keys and values ------------------------------------------------------
+# Mistral/Llama's repeat_kv (HF TF) copies each of the kv heads n_rep times before the two attention products:
+#     K_rep = Reshape(Tile(ExpandDims(ExpandDims(K, 2), 3), [1, 1, 1, n_rep, 1, 1]), [B, kvh * n_rep, T, D])
+#     scores = Q @ K_rep^T,  out = P @ V_rep
+# Head h reads kv head h // n_rep, so the same products come from grouping the query heads instead:
+#     scores = Reshape(Reshape(Q, [B, kvh, n_rep * q, D]) @ K^T, [B, H, q, T])   (and the same for P @ V)
+# Every output element is the same dot product over the same elements; the Tile, a copy of the whole cache per
+# layer per step (SmolLM2 decode: 60 Tiles, 2.5 ms of a 40 ms step), is gone.
+
+
+def _unit_axes_source(graph: Graph, tensor: str) -> Optional[tuple]:
+    """(source, positions of the source's axes in ``tensor``) when ``tensor`` is ``source`` with only unit
+    axes inserted by ExpandDims with constant axes, else None."""
+    inserted = []
+    node = graph.nodes.get(parse_input(tensor)[0])
+    while node is not None and node.op == "ExpandDims" and parse_input(node.input[0])[1] == 0:
+        axis = _const_ints(graph, node.input[1])
+        if axis is None or len(axis) != 1:
+            return None
+        inserted.append(axis[0])
+        tensor = node.input[0]
+        node = graph.nodes.get(parse_input(tensor)[0])
+    return (tensor, inserted[::-1]) if inserted else None
+
+
+def _base_positions(base_rank: int, inserted: list) -> Optional[list]:
+    """Where the base tensor's axes end up after the ExpandDims ``inserted`` (in the order applied)."""
+    axes = list(range(base_rank))  # axes[i]: the base axis at position i, or None for an inserted unit axis
+    for a in inserted:
+        rank = len(axes) + 1
+        a = a + rank if a < 0 else a
+        if not 0 <= a < rank:
+            return None
+        axes.insert(a, None)
+    return [axes.index(i) for i in range(base_rank)]
+
+
+def _repeated_heads(graph: Graph, shapes, reshape) -> Optional[tuple]:
+    """(K, kvh, n_rep) when ``reshape`` is repeat_kv(K) for a [B, kvh, T, D] tensor K, else None."""
+    tile = graph.nodes.get(parse_input(reshape.input[0])[0])
+    if tile is None or tile.op != "Tile" or parse_input(reshape.input[0])[1] != 0:
+        return None
+    mult = _const_ints(graph, tile.input[1])
+    found = _unit_axes_source(graph, tile.input[0])
+    if mult is None or found is None:
+        return None
+    base, inserted = found
+    tiled = [i for i, m in enumerate(mult) if m != 1]
+    positions = _base_positions(len(mult) - len(inserted), inserted)
+    if len(tiled) != 1 or positions is None or len(positions) != 4:
+        return None
+    n_rep = mult[tiled[0]]
+    # the repeated axis sits between the kv-head axis and the time axis, with only unit axes around it
+    if not positions[1] < tiled[0] < positions[2]:
+        return None
+    k, out = shapes.fact(base), shapes.fact(tensor_name(reshape.name))
+    if k is None or out is None or k.shape is None or out.shape is None or len(out.shape) != 4:
+        return None
+    kvh = as_int(k.shape[1])
+    if kvh is None or n_rep < 2 or out.shape != (k.shape[0], const(kvh * n_rep), k.shape[2], k.shape[3]):
+        return None
+    return base, kvh, n_rep
+
+
+def _shape_slice(graph: Graph, prefix: str, shape: str, begin: int, end: int) -> str:
+    b, e, s = (graph.add(make_const(f"{prefix}/{n}", np.asarray([v], np.int32))).name
+               for n, v in (("begin", begin), ("end", end), ("stride", 1)))
+    return graph.add(make_node("StridedSlice", prefix, [shape, b, e, s],
+                               {"T": DType("int32"), "Index": DType("int32"), "begin_mask": 0, "end_mask": 0,
+                                "ellipsis_mask": 0, "new_axis_mask": 0, "shrink_axis_mask": 0})).name
+
+
+def _grouped_product(graph: Graph, bmm, kv: str, kvh: int) -> str:
+    """BatchMatMulV2(A, K_rep) as Reshape(Reshape(A, [B, kvh, -1, X]) @ K, [B, H, q, N]); returns its tensor."""
+    p = graph.unique_name(f"{bmm.name}/grouped")
+    a = bmm.input[0]
+    shape = graph.add(make_node("Shape", f"{p}/a_shape", [a], {"T": DType("float"), "out_type": DType("int32")})).name
+    groups = graph.add(make_const(f"{p}/groups", np.asarray([kvh, -1], np.int32))).name
+    axis = graph.add(make_const(f"{p}/axis", np.int32(0))).name
+    grouped_shape = graph.add(make_node("ConcatV2", f"{p}/grouped_shape",
+                                        [_shape_slice(graph, f"{p}/batch", shape, 0, 1), groups,
+                                         _shape_slice(graph, f"{p}/depth", shape, 3, 4), axis],
+                                        {"T": DType("int32"), "Tidx": DType("int32"), "N": 3})).name
+    grouped = graph.add(make_node("Reshape", f"{p}/a", [a, grouped_shape], {"T": DType("float"),
+                                                                         "Tshape": DType("int32")})).name
+    product = graph.add(make_node("BatchMatMulV2", f"{p}/product", [grouped, kv],
+                                  {"T": DType("float"), "adj_x": False, "adj_y": bmm.attr["adj_y"].b})).name
+    p_shape = graph.add(make_node("Shape", f"{p}/product_shape", [product],
+                                  {"T": DType("float"), "out_type": DType("int32")})).name
+    out_shape = graph.add(make_node("ConcatV2", f"{p}/out_shape",
+                                    [_shape_slice(graph, f"{p}/heads_rows", shape, 0, 3),
+                                     _shape_slice(graph, f"{p}/cols", p_shape, 3, 4), axis],
+                                    {"T": DType("int32"), "Tidx": DType("int32"), "N": 2})).name
+    return graph.add(make_node("Reshape", p, [product, out_shape], {"T": DType("float"), "Tshape": DType("int32")})).name
+
+
+def simplify_repeat_kv(graph: Graph, resource_shapes: Optional[dict] = None) -> int:
+    """Every attention product reading repeat_kv(K or V) reads K or V with grouped query heads instead;
+    returns how many products were rewritten (the Tiles are left unread; prune drops them)."""
+    from .shapes import ShapeInference
+
+    if not graph.by_op("Tile"):
+        return 0
+    shapes = ShapeInference(graph, resource_shapes)
+    rewritten = 0
+    for reshape in list(graph.by_op("Reshape")):
+        readers = graph.readers(reshape.name)
+        if not readers or any(r.op != "BatchMatMulV2" or r.attr["adj_x"].b or len(r.input) != 2
+                              or parse_input(r.input[1]) != (reshape.name, 0) or parse_input(r.input[0])[0] == reshape.name
+                              for r in readers):
+            continue
+        found = _repeated_heads(graph, shapes, reshape)
+        if found is None:
+            continue
+        kv, kvh, _ = found
+        for bmm in readers:
+            a = shapes.fact(bmm.input[0])
+            if a is None or a.shape is None or len(a.shape) != 4 or bmm.attr["T"].type != DType("float").enum:
+                continue
+            graph.redirect(bmm.name, _grouped_product(graph, bmm, kv, kvh), graph.readers(bmm.name))
+            rewritten += 1
+    return rewritten
