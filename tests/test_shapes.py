@@ -101,6 +101,24 @@ def test_broadcast_rules():
     assert xz[1] == const(4) and xz[0] not in (x0, inference.fact("z").shape[0])  # either could be 1: fresh
 
 
+def test_range_between_symbolic_bounds_and_concat_dims():
+    """range(past, past + q) has q elements (a decode step's positions); a ConcatV2 knows an axis from any part
+    that states it (the past sliced from a cache with unknown heads, beside the new keys with 3)."""
+    def fn(past, new):
+        start = tf.shape(past)[1]
+        positions = tf.range(start, start + tf.shape(new)[1])
+        keys = tf.concat([past, tf.reshape(new, [tf.shape(new)[0], 3, tf.shape(new)[1], 2])], axis=2)
+        return tf.identity(positions, name="positions"), tf.identity(keys, name="keys")
+
+    _, gd = _graph_of(fn, tf.TensorSpec([None, None, None, None], tf.float32, name="past"),
+                      tf.TensorSpec([None, None, 6], tf.float32, name="new"))
+    inference = ShapeInference(Graph(gd))
+    past, new = inference.fact("past").shape, inference.fact("new").shape
+    assert inference.fact("positions").shape == (new[1],)
+    keys = inference.fact("keys").shape
+    assert keys[1] == const(3) and keys[3] == const(2) and keys[2] == add(past[2], new[1])
+
+
 def _each_signature_rewritten(path, rewrite):
     """Every signature of the export at ``path`` extracted, rewritten by ``rewrite(graph, captures, protected)``
     and pruned; yields (signature, rewrite's answer, nodes before, nodes after) once the outputs were checked

@@ -468,6 +468,11 @@ class ShapeInference:
             length = ins[1].value[0]
         elif start is not None and delta is not None and (self._ints(ins[1]) is not None):
             length = const(len(range(start[0], self._ints(ins[1])[0], delta[0])))
+        elif delta == [1] and ins[0] is not None and ins[0].value is not None:
+            # range(past, past + q): limit - start, where that is a sum of dims (never negative, so never empty)
+            diff = add(ins[1].value[0], neg(ins[0].value[0]))
+            if all(c > 0 for _, c in diff):
+                length = diff
         return {0: Fact((length,) if length is not None else self._fresh(node, 0, 1))}
 
     def _op_Einsum(self, node, ins):

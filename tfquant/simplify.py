@@ -195,28 +195,35 @@ def _shape_slice(graph: Graph, prefix: str, shape: str, begin: int, end: int) ->
                                 "ellipsis_mask": 0, "new_axis_mask": 0, "shrink_axis_mask": 0})).name
 
 
-def _grouped_product(graph: Graph, bmm, kv: str, kvh: int) -> str:
-    """BatchMatMulV2(A, K_rep) as Reshape(Reshape(A, [B, kvh, -1, X]) @ K, [B, H, q, N]); returns its tensor."""
+def _grouped_product(graph: Graph, bmm, kv: str, kvh: int, n_rep: int) -> str:
+    """BatchMatMulV2(A, K_rep) for A [B, H, q, X] as Reshape(Reshape(A, [-1, kvh, n_rep * q, X]) @ K, [-1, H, q, N]);
+    returns its tensor.  The batch is -1 (right also where K broadcasts over it); X and N are read from K (the
+    contraction dim is K's as well as A's), so that these shape tensors are the same in every layer and shape
+    sharing keeps one of each."""
     p = graph.unique_name(f"{bmm.name}/grouped")
-    a = bmm.input[0]
-    shape = graph.add(make_node("Shape", f"{p}/a_shape", [a], {"T": DType("float"), "out_type": DType("int32")})).name
-    groups = graph.add(make_const(f"{p}/groups", np.asarray([kvh, -1], np.int32))).name
+    a, adj_y = bmm.input[0], bmm.attr["adj_y"].b
+    int32 = {"T": DType("float"), "out_type": DType("int32")}
+    a_shape = graph.add(make_node("Shape", f"{p}/a_shape", [a], int32)).name
+    kv_shape = graph.add(make_node("Shape", f"{p}/kv_shape", [kv], int32)).name
+    rows = _shape_slice(graph, f"{p}/rows", a_shape, 2, 3)                  # q
+    time, depth = (_shape_slice(graph, f"{p}/{n}", kv_shape, b, b + 1) for n, b in (("time", 2), ("depth", 3)))
+    contracted, kept = (depth, time) if adj_y else (time, depth)
+    rep = graph.add(make_const(f"{p}/n_rep", np.asarray([n_rep], np.int32))).name
+    grouped_rows = graph.add(make_node("Mul", f"{p}/grouped_rows", [rows, rep], {"T": DType("int32")})).name
     axis = graph.add(make_const(f"{p}/axis", np.int32(0))).name
-    grouped_shape = graph.add(make_node("ConcatV2", f"{p}/grouped_shape",
-                                        [_shape_slice(graph, f"{p}/batch", shape, 0, 1), groups,
-                                         _shape_slice(graph, f"{p}/depth", shape, 3, 4), axis],
-                                        {"T": DType("int32"), "Tidx": DType("int32"), "N": 3})).name
-    grouped = graph.add(make_node("Reshape", f"{p}/a", [a, grouped_shape], {"T": DType("float"),
-                                                                         "Tshape": DType("int32")})).name
+
+    def shape_of(name, lead, *parts):
+        lead = graph.add(make_const(f"{p}/{name}_lead", np.asarray(lead, np.int32))).name
+        return graph.add(make_node("ConcatV2", f"{p}/{name}", [lead, *parts, axis],
+                                   {"T": DType("int32"), "Tidx": DType("int32"), "N": 1 + len(parts)})).name
+
+    reshape = {"T": DType("float"), "Tshape": DType("int32")}
+    grouped = graph.add(make_node("Reshape", f"{p}/a", [a, shape_of("grouped_shape", [-1, kvh], grouped_rows,
+                                                                     contracted)], reshape)).name
     product = graph.add(make_node("BatchMatMulV2", f"{p}/product", [grouped, kv],
-                                  {"T": DType("float"), "adj_x": False, "adj_y": bmm.attr["adj_y"].b})).name
-    p_shape = graph.add(make_node("Shape", f"{p}/product_shape", [product],
-                                  {"T": DType("float"), "out_type": DType("int32")})).name
-    out_shape = graph.add(make_node("ConcatV2", f"{p}/out_shape",
-                                    [_shape_slice(graph, f"{p}/heads_rows", shape, 0, 3),
-                                     _shape_slice(graph, f"{p}/cols", p_shape, 3, 4), axis],
-                                    {"T": DType("int32"), "Tidx": DType("int32"), "N": 2})).name
-    return graph.add(make_node("Reshape", p, [product, out_shape], {"T": DType("float"), "Tshape": DType("int32")})).name
+                                  {"T": DType("float"), "adj_x": False, "adj_y": adj_y})).name
+    out_shape = shape_of("out_shape", [-1, kvh * n_rep], rows, kept)
+    return graph.add(make_node("Reshape", p, [product, out_shape], reshape)).name
 
 
 def simplify_repeat_kv(graph: Graph, resource_shapes: Optional[dict] = None) -> int:
@@ -237,11 +244,11 @@ def simplify_repeat_kv(graph: Graph, resource_shapes: Optional[dict] = None) -> 
         found = _repeated_heads(graph, shapes, reshape)
         if found is None:
             continue
-        kv, kvh, _ = found
+        kv, kvh, n_rep = found
         for bmm in readers:
             a = shapes.fact(bmm.input[0])
             if a is None or a.shape is None or len(a.shape) != 4 or bmm.attr["T"].type != DType("float").enum:
                 continue
-            graph.redirect(bmm.name, _grouped_product(graph, bmm, kv, kvh), graph.readers(bmm.name))
+            graph.redirect(bmm.name, _grouped_product(graph, bmm, kv, kvh, n_rep), graph.readers(bmm.name))
             rewritten += 1
     return rewritten
