@@ -6,7 +6,8 @@ GGUF), on SmolLM2-135M.
     .venv/bin/python bench/peers/run.py [--work /tmp/tfquant-peers] [--rounds 5] [--items 600]
 
 Every model runs in a process of its own (bench/peers/worker.py, in its runtime's venv), all loaded at once; the
-driver then times them in turn, round by round, the order reversed every other round, so each ratio is taken under
+driver then times them in turn (the others stopped with SIGSTOP, so no idle thread pool spins), round by round, the
+order reversed every other round, so each ratio is taken under
 one machine load:
   * prefill: a full forward over 128 tokens of real prose, batch 1 (llama.cpp computes the last position's logits
     only; the others all 128);
@@ -21,6 +22,7 @@ logits).  Writes bench/results/peers_smollm2.json and prints the README table.
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,6 +83,9 @@ class Worker:
                                       "--threads", threads], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, bufsize=1, cwd=ROOT)
 
+    def pause(self, stop: bool):
+        os.kill(self.proc.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+
     def ask(self, **cmd):
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
@@ -107,6 +112,19 @@ def item_windows(tokenizer, n_items, length):
     return windows, targets
 
 
+def previous_predictions(path, info, n_items):
+    """The predictions a previous run of this script wrote (``--predictions_from``), for the models whose files
+    are the same size as now: a model's predictions depend on its file and the items, not on the machine load."""
+    if not path:
+        return {}
+    with open(path) as fh:
+        old = json.load(fh)
+    if old.get("items") != n_items:
+        raise SystemExit(f"error: {path} has predictions for {old.get('items')} items, this run asks {n_items}")
+    return {name: pred for name, pred in old.get("predictions", {}).items()
+            if name in info and old["workers"][name]["size_bytes"] == info[name]["size_bytes"]}
+
+
 def best_setting(results, model):
     """The faster of a TF model's two thread settings, per metric."""
     rows = [r for r in (model, f"{model}@decode") if r in results]
@@ -123,6 +141,7 @@ def main():
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--steps", type=int, default=32, help="decode steps per round")
     p.add_argument("--items", type=int, default=600)
+    p.add_argument("--predictions_from", help="a previous results file: reuse its predictions for unchanged models")
     p.add_argument("--output", default=os.path.join(ROOT, "bench", "results", "peers_smollm2.json"))
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -143,15 +162,24 @@ def main():
     t0 = time.time()
     for r in range(args.rounds):
         for w in (workers if r % 2 == 0 else workers[::-1]):
+            # every other worker is stopped while one is timed: ONNX Runtime's and ggml's thread pools spin for a
+            # while after each call, and on 2 cores an idle peer's spinning would be charged to the next model
+            for other in workers:
+                other.pause(other is not w)
             timings[w.name]["prefill_ms"].append(statistics.median(w.ask(cmd="prefill", ids=prompt, reps=2)["ms"]))
             out = w.ask(cmd="decode", ids=prompt, steps=args.steps)
             timings[w.name]["decode_ms"].append(statistics.median(out["ms"]))
             decoded[w.name] = out["tokens"]
         print(f"round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s)", flush=True)
+    for w in workers:
+        w.pause(False)
 
-    predictions = {}
+    predictions, reused = {}, previous_predictions(args.predictions_from, info, len(windows))
     for w in workers:
         if w.name.endswith("@decode"):
+            continue
+        if w.name in reused:
+            predictions[w.name] = reused[w.name]
             continue
         t1 = time.time()
         predictions[w.name] = w.ask(cmd="predict", windows=windows)["top1"]
@@ -191,9 +219,11 @@ def main():
                                                            by["llamacpp-q8_0"]["decode_ms_per_token"], 3)}
     result = {"machine": {**describe(), "cpus": CORES}, "prompt_tokens": len(prompt), "decode_steps": args.steps,
               "rounds": args.rounds, "items": len(windows), "item_window_tokens": args.prompt,
-              "timing": "all models loaded at once, each in its own process; timed in turn, order reversed every other "
-                        "round; per round the median of 2 prefills and of the decode steps; reported: median over rounds",
-              "ratios": ratios, "rows": rows, "workers": results}
+              "timing": "all models loaded at once, each in its own process, the others SIGSTOPped while one is timed; "
+                        "timed in turn, order reversed every other round; per round the median of 2 prefills and of "
+                        "the decode steps; reported: median over rounds",
+              "ratios": ratios, "rows": rows, "workers": results, "predictions": predictions,
+              "predictions_reused_from": {"file": args.predictions_from, "models": sorted(reused)} if reused else None}
     atomic_write_json(args.output, result)
     print(f"wrote {args.output}")
     print(table(rows))
