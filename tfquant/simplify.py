@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from .graph import DType, Graph, const_value, make_const, make_node, parse_input, tensor_name
-from .shapes import as_int, const
+from .shapes import ShapeInference, as_int, const
 
 
 def _const_ints(graph: Graph, name: str) -> Optional[list]:
@@ -229,8 +229,6 @@ def _grouped_product(graph: Graph, bmm, kv: str, kvh: int, n_rep: int) -> str:
 def simplify_repeat_kv(graph: Graph, resource_shapes: Optional[dict] = None) -> int:
     """Every attention product reading repeat_kv(K or V) reads K or V with grouped query heads instead;
     returns how many products were rewritten (the Tiles are left unread; prune drops them)."""
-    from .shapes import ShapeInference
-
     if not graph.by_op("Tile"):
         return 0
     shapes = ShapeInference(graph, resource_shapes)
@@ -247,7 +245,9 @@ def simplify_repeat_kv(graph: Graph, resource_shapes: Optional[dict] = None) -> 
         kv, kvh, n_rep = found
         for bmm in readers:
             a = shapes.fact(bmm.input[0])
-            if a is None or a.shape is None or len(a.shape) != 4 or bmm.attr["T"].type != DType("float").enum:
+            # A must have every query head itself: one broadcast over the heads ([B, 1, q, X]) is left as it is
+            if a is None or a.shape is None or len(a.shape) != 4 or a.shape[1] != const(kvh * n_rep) \
+                    or bmm.attr["T"].type != DType("float").enum:
                 continue
             graph.redirect(bmm.name, _grouped_product(graph, bmm, kv, kvh, n_rep), graph.readers(bmm.name))
             rewritten += 1
