@@ -30,9 +30,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)  # python bench/peers/run.py from a checkout, as bench/_bootstrap.py does one folder up
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from tfquant.benchmark.stats import accuracy_summary, paired_difference
-from tfquant.data import default_calibration_text_path, encode, load_eval_items, read_text, tokenizer_for
+from generation import text_ids  # noqa: E402
+from tfquant.data import encode, load_eval_items, tokenizer_for
 from tfquant.fsutil import atomic_write_json
 from tfquant.machine import describe
 from tfquant.modeldir import locate
@@ -98,11 +100,6 @@ class Worker:
         raise RuntimeError(f"{self.name} ended (exit {self.proc.wait()}); see {self.log.name}")
 
 
-def prose_ids(tokenizer, n):
-    text = read_text(default_calibration_text_path())
-    return encode(tokenizer, text[len(text) // 2:][: n * 12])[:n]
-
-
 def item_windows(tokenizer, n_items, length):
     """The last ``length`` tokens of each Austen item's context, and the first token of its target word."""
     windows, targets = [], []
@@ -147,7 +144,7 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     fp32_dir, specs = prepare(args.work, args.tf_fp32, args.tf_int8)
     tokenizer, _ = tokenizer_for(locate(fp32_dir))
-    prompt = prose_ids(tokenizer, args.prompt)
+    prompt = text_ids(tokenizer, args.prompt)  # the prose bench/generation.py prompts with
     windows, targets = item_windows(tokenizer, args.items, args.prompt)
 
     log_dir = os.path.join(args.work, "logs")
