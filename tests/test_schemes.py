@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -202,6 +203,45 @@ def test_each_decode_waits_for_its_matmul_input(converted):
         readers = [m for m in graph.nodes.values() if m.op == "MatMul" and decode in m.input]
         assert len(readers) == 1
         assert "^" + parse_input(readers[0].input[0])[0] in node.input, node.name
+
+
+@pytest.mark.parametrize("kind, name", [("mistral", "w4a16-g32"), ("gptj", "q4_0"), ("gptj", "mxfp6")])
+def test_large_weights_decode_in_column_slices_exactly(tmp_path, tiny_models, converted, batch, kind, name):
+    """--decode_chunk_mb 4 slices the tiny models' lm_head (12.9 MB decoded) into 4 slices: logits of every
+    signature equal the whole-weight decode's, and each slice's decode waits for the previous slice's product."""
+    import tensorflow as tf
+
+    from tfquant.convert import ConvertSavedModel
+    from tfquant.graph import Graph, parse_input
+    from tfquant.graphio import read_graph_def
+
+    whole, _ = converted[kind, name]
+    dst = str(tmp_path / "sliced")
+    report = ConvertSavedModel(tiny_models[kind], dst, recipe=replace(_recipe(name), decode_chunk_mb=4.0),
+                               progress=False)
+    sliced = report["weight_only"]["decoded_in_slices"]
+    assert sliced and all("lm_head" in s["op"] and s["columns_per_slice"] == 16384 for s in sliced), sliced
+    ids, mask = batch
+    for sig in (("serving_default", "decode") if kind == "mistral" else ("serving_default",)):
+        outs = []
+        for folder in (whole, dst):
+            fn = tf.saved_model.load(os.path.join(folder, "model")).signatures[sig]
+            feed = {"input_ids": tf.constant(ids), "attention_mask": tf.constant(mask)}
+            if sig == "decode":
+                past = tf.saved_model.load(os.path.join(folder, "model")).signatures["serving_default"](**feed)
+                feed = {"input_ids": tf.constant(ids[:, :1]), "attention_mask": tf.constant(np.ones((8, 33), np.int32)),
+                        "past_key_values": past["past_key_values"]}
+            outs.append(fn(**feed)["logits"].numpy())
+        assert np.array_equal(*outs), (sig, np.abs(outs[0] - outs[1]).max())
+    graph = Graph(read_graph_def(os.path.join(dst, "converted_graph_def.pb")))
+    concat = graph.node(sliced[0]["op"])
+    parts = [graph.node(parse_input(i)[0]) for i in concat.input[:-1]]
+    assert concat.op == "ConcatV2" and len(parts) == 4 and all(p.op == "MatMul" for p in parts)
+    for before, part in zip([graph.node(parse_input(parts[0].input[0])[0])] + parts[:-1], parts):
+        prefix = part.input[1].split("/decode/")[0] + "/decode/"
+        entry = [n for n in graph.nodes.values() if n.name.startswith(prefix)
+                 and any(graph.node(parse_input(i)[0]).op == "ReadVariableOp" for i in n.input if i[0] != "^")]
+        assert entry and all("^" + before.name in n.input for n in entry), part.name
 
 
 def test_weight_only_is_deterministic(tmp_path, tiny_models, converted):

@@ -266,7 +266,7 @@ def ConvertSavedModel(src: str, dst: str, itex_mode: bool = False, performance_o
             write_graph_def(os.path.join(tmp, EXTRACTED_PB.replace(".pb", suffix + ".pb")), r.model.graph_def, as_text=False)
             write_graph_def(os.path.join(tmp, CONVERTED_PB.replace(".pb", suffix + ".pb")), r.converted, as_text=False)
         out_model = os.path.join(tmp, MODEL_SUBDIR)
-        savedmodel.save([(r.converted, r.model, r.captures) for r in results], out_model)
+        report["shared_constants"] = savedmodel.save([(r.converted, r.model, r.captures) for r in results], out_model)
         _keep_side_files(inputs[0], out_model)
         timings["save"] = time.perf_counter() - t
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}

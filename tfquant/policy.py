@@ -59,6 +59,7 @@ class QuantPolicy:
     weight_format: str = ""                 # weight-only: the tfquant.formats name the weights are stored in
     weight_format_options: Tuple[tuple, ...] = ()  # ... and its options (granularity, group size, symmetric)
     compute_dtype: str = "float32"          # weight-only MatMuls: bfloat16 where bf16 weights meet a CPU with bf16 units
+    decode_chunk_mb: float = _R.decode_chunk_mb  # weight-only: larger fp32 decodes run in column slices (weightonly.py)
 
     @classmethod
     def from_flags(cls, **options) -> QuantPolicy:
@@ -135,6 +136,7 @@ class QuantPolicy:
             weight_format=fmt,
             weight_format_options=fmt_options,
             compute_dtype=compute_dtype(r.weights),
+            decode_chunk_mb=float(r.decode_chunk_mb),
         )
 
     @property

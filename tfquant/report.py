@@ -38,6 +38,14 @@ def format_summary(report: dict) -> str:
         if rounding.get("method") == "gptq":
             lines.append(f"weight rounding: GPTQ on {rounding['gptq_ops']} MatMuls, "
                          f"{len(rounding['nearest'])} rounded to nearest (report.json says why)")
+    wo = report.get("weight_only")
+    if wo:
+        lines.append(f"weight-only: {wo['count']} weights stored as {wo['format']}, {len(wo['fallbacks'])} as "
+                     f"int8 per channel (group size does not divide), decode: {wo['decode']}")
+        for s in wo.get("decoded_in_slices", []):
+            k, n = s["shape"]
+            lines.append(f"  decoded in {-(-n // s['columns_per_slice'])} column slices (--decode_chunk_mb): "
+                         f"{s['op']} [{k}, {n}]")
     split = [q for q in report["quantized"] if q.get("outlier_channels")]
     if split:
         n = sum(len(q["outlier_channels"]) for q in split)

@@ -228,17 +228,21 @@ def _signature_function(graph_def, model: ExtractedModel, captures: Dict[str, ob
     return call.concrete, serving.get_concrete_function()
 
 
-def save(parts, out_dir: str) -> None:
+def save(parts, out_dir: str) -> dict:
     """Write each (graph_def, model, captures) of ``parts`` as one signature of one SavedModel.
 
     Only the variables the new graphs read are saved, each once however many signatures read it
-    (prefill and decode share their int8 weights); replaced fp32 weights are not written.
+    (prefill and decode share their int8 weights); replaced fp32 weights are not written.  Consts the
+    graphs hold alike are written once too (tfquant/sharedconst.py); returns what was shared.
     """
     import tensorflow as tf
 
+    from .sharedconst import share_constants
+
+    graph_defs, shared = share_constants([graph_def for graph_def, _, _ in parts])
     root = tf.Module()
     variables, seen, graph_fns, signatures = [], set(), [], {}
-    for graph_def, model, captures in parts:
+    for graph_def, (_, model, captures) in zip(graph_defs, parts):
         for name in sorted(captures):
             var = captures[name]
             if isinstance(var, tf.Variable) and id(var) not in seen:
@@ -249,6 +253,7 @@ def save(parts, out_dir: str) -> None:
     root.weights = variables
     root._graph_fns = graph_fns
     tf.saved_model.save(root, out_dir, signatures=signatures)
+    return shared
 
 
 def vocabulary_size(model: ExtractedModel) -> Tuple[Optional[int], str]:

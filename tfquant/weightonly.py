@@ -27,7 +27,7 @@ from typing import Dict, Optional
 import numpy as np
 from tensorflow.core.framework import attr_value_pb2
 
-from .graph import DType, Graph, make_node, parse_input
+from .graph import DType, Graph, make_const, make_node, parse_input
 from .lower import add_variable, drop_dead_weight_controls, table_handle
 from .quantizers import Plan, Skip
 from .rewrite import as_plain_matmul, matmul_weight
@@ -105,6 +105,49 @@ def _decode_when_needed(graph: Graph, gates: Dict[str, tuple]) -> None:
             node.input.append("^" + parse_input(activation)[0])
 
 
+def slice_columns(shape, chunk_mb: float) -> int:
+    """Columns per slice for a [K, N] weight whose fp32 decode exceeds ``chunk_mb`` MB (0: not sliced)."""
+    k, n = shape
+    limit = int(chunk_mb * 2**20)
+    if not limit or k * n * 4 <= limit:
+        return 0
+    return max(1, limit // (4 * k))
+
+
+def _matmul_in_column_slices(graph: Graph, mm, stored: StoredWeight, width: int, reads: set) -> Dict[str, tuple]:
+    """``MatMul(x, decode(W))`` -> ``ConcatV2([MatMul(x, decode(W[:, a:b])) ...], 1)`` under the op's name.
+
+    Each slice decodes only its columns and waits for the previous slice's product (the first for ``x``),
+    so one slice's fp32 copy is alive at a time instead of the whole weight's (the lm_head's is the
+    largest tensor of a small LLM's forward).  Exact: the decode is elementwise and each output column of
+    a MatMul depends on its weight column only (the test compares logits with whole-weight decoding).
+    Returns the decode gates (slice prefix -> (reads, what it waits for)); the whole decode is left dead.
+    """
+    x, controls = mm.input[0], [i for i in mm.input if i.startswith("^")]
+    f32 = DType("float")
+    parts, gates, after = [], {}, x
+    for start in range(0, stored.meta.shape[1], width):
+        stop = min(start + width, stored.meta.shape[1])
+        prefix = f"{stored.prefix}/columns_{start}_{stop}"
+        decoder = functools.partial(_decode_range, stored.meta, start, stop)
+        w = splice(graph, decoder, _inputs(stored), f"{prefix}/decode")
+        part = graph.add(make_node("MatMul", f"{mm.name}/columns_{start}_{stop}", [x, w] + controls,
+                                   {"T": f32, "transpose_a": False, "transpose_b": False}))
+        gates[prefix] = (reads, after)
+        parts.append(part.name)
+        after = part.name
+    axis = graph.add(make_const(f"{mm.name}/columns_axis", np.int32(1)))
+    graph.remove([mm.name])
+    graph.add(make_node("ConcatV2", mm.name, parts + [axis.name], {"N": len(parts), "T": f32, "Tidx": DType("int32")}))
+    return gates
+
+
+def _decode_range(meta, start: int, stop: int, tensors: dict):
+    from .formats import tfdecode
+
+    return tfdecode.decode_column_range(meta, tensors, start, stop)
+
+
 def _bf16_matmul(graph: Graph, mm, stored: StoredWeight) -> None:
     """MatMul in bf16 on the stored bf16 weight: Cast(x) -> MatMul(bf16) -> Cast back, under the op's name."""
     bf16, f32 = DType("bfloat16"), DType("float")
@@ -174,10 +217,19 @@ def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, obj
         if handle in gathered:
             tied[handle] = stored[key]
         ops.append({"op": d.op, "format": fmt, "shape": list(w.shape)})
-    # with several readers, waiting for one's input could wait on the other's output: those are not gated
-    _decode_when_needed(graph, {stored[key].prefix: ({parse_input(r)[0] for r, _, _ in stored[key].reads.values()},
-                                                     graph.node(users[0]).input[0])
-                                for key, users in decoded_for.items() if len(users) == 1})
+    gates, sliced = {}, []
+    for key, users in decoded_for.items():
+        if len(users) != 1:  # with several readers, waiting for one's input could wait on the other's output
+            continue
+        weight, mm = stored[key], graph.node(users[0])
+        reads = {parse_input(r)[0] for r, _, _ in weight.reads.values()}
+        width = slice_columns(weight.meta.shape, policy.decode_chunk_mb)
+        if width:
+            gates.update(_matmul_in_column_slices(graph, mm, weight, width, reads))
+            sliced.append({"op": mm.name, "shape": list(weight.meta.shape), "columns_per_slice": width})
+        else:
+            gates[weight.prefix] = (reads, mm.input[0])
+    _decode_when_needed(graph, gates)
     graph.prune(list(model.outputs.values()), keep=[parse_input(t)[0] for t in model.inputs.values()])
     embeddings = _encode_embeddings(graph, captures, policy, tied, store, stored_weights)
     fp32_bytes += embeddings.pop("fp32_bytes")
@@ -186,7 +238,7 @@ def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, obj
     graph.toposort()
     return {"format": policy.weight_format, "options": dict(policy.weight_format_options),
             "compute_dtype": policy.compute_dtype, "count": len(ops), "ops": ops, "skipped": skipped,
-            "fallbacks": fallbacks, "embeddings": embeddings["ops"], "tied_embeddings": embeddings["tied"],
+            "fallbacks": fallbacks, "decoded_in_slices": sliced, "embeddings": embeddings["ops"], "tied_embeddings": embeddings["tied"],
             "not_encoded": embeddings["not_encoded"], "fp32_bytes": int(fp32_bytes), "stored_bytes": int(stored_bytes),
             "decode": "in the graph before an fp32 MatMul" if policy.compute_dtype == "float32" else
                       "none: bf16 MatMuls read the stored bf16 weights"}

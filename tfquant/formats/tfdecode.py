@@ -127,15 +127,25 @@ def decode_columns(meta: DecodeMeta, arrays, ids) -> tf.Tensor:
     Only the stored columns (block rows) of ``ids`` are gathered and decoded.
     """
     ids = tf.convert_to_tensor(ids)
-    flat = tf.reshape(ids, [-1])
+    w = _decode_gathered(meta, arrays, tf.reshape(ids, [-1]))  # [K, len(ids)]
+    return tf.reshape(tf.transpose(w), tf.concat([tf.shape(ids), [meta.shape[0]]], 0))
+
+
+def decode_column_range(meta: DecodeMeta, arrays, start: int, stop: int) -> tf.Tensor:
+    """float32 [K, stop - start], bit-identical to ``dequantize_weight(qw)[:, start:stop]``: one slice of a
+    weight decoded without the rest (the decode is elementwise per column)."""
+    return _decode_gathered(meta, arrays, tf.range(start, stop))
+
+
+def _decode_gathered(meta: DecodeMeta, arrays, flat) -> tf.Tensor:
+    """The stored columns (block rows) ``flat`` gathered and decoded: float32 [K, len(flat)]."""
     t = _as_stored(meta, arrays)
     if meta.family in _BLOCK:
         cols = {"blocks": tf.gather(t["blocks"], flat, axis=0)}
     else:  # [rows, N] arrays; per-tensor scales (1, 1) apply to every column
         cols = {k: v if v.shape[1] == 1 and meta.shape[1] != 1 else tf.gather(v, flat, axis=1)
                 for k, v in t.items()}
-    w = _DECODERS[meta.family](meta, cols)  # [K, len(flat)]
-    return tf.reshape(tf.transpose(w), tf.concat([tf.shape(ids), [meta.shape[0]]], 0))
+    return _DECODERS[meta.family](meta, cols)
 
 
 def _as_stored(meta: DecodeMeta, arrays) -> dict:
