@@ -155,9 +155,9 @@ def split_outliers(graph: Graph, node, plan: Plan, weight_values) -> WeightQ:
     graph.add(make_const(f"{prefix}/axis", np.int32(1)))
     graph.add(make_node("GatherV2", f"{prefix}/gather", [act, channels, f"{prefix}/axis"],
                         {"Tparams": DType("float"), "Tindices": DType("int32"), "Taxis": DType("int32"), "batch_dims": 0}))
-    # A Const, so each signature's graph carries its own copy (SmolLM2: 14 MB per signature).  Tried as a shared
-    # variable: two-signature SmolLM2 0.291x -> 0.278x of fp32, but 1x128 median 172.5 vs 163.7 ms (40 rounds,
-    # round robin): oneDNN caches the packed weight of a Const MatMul operand, not of a variable read.
+    # A Const, not a variable: tried as a shared variable, two-signature SmolLM2 0.291x -> 0.278x of fp32, but 1x128
+    # median 172.5 vs 163.7 ms (40 rounds, round robin): oneDNN caches the packed weight of a Const MatMul operand,
+    # not of a variable read.  Signatures that hold the same Const store it once (tfquant/sharedconst.py).
     graph.add(make_const(side_weight, w[idx, :]))
     graph.add(make_node("MatMul", f"{prefix}/matmul", [f"{prefix}/gather", side_weight],
                         {"T": DType("float"), "transpose_a": False, "transpose_b": False}))
