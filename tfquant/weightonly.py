@@ -17,6 +17,10 @@ runs in bf16 on the stored weight, with no decode.
 
 A group or block size that does not divide a weight's input dimension is not an error: that
 weight is stored as int8 per channel instead, and the report lists it (``fallbacks``).
+
+Memory while running: each decode waits for its MatMul's input, and a weight whose fp32 copy would
+exceed ``--decode_chunk_mb`` (the lm_head) is decoded and multiplied in column slices, one at a time,
+so the fp32 copies alive at once are a slice's, not the model's (``decoded_in_slices``).
 """
 from __future__ import annotations
 
@@ -89,7 +93,8 @@ def _decoded(graph: Graph, stored: StoredWeight) -> str:
 
 def _decode_when_needed(graph: Graph, gates: Dict[str, tuple]) -> None:
     """Start each weight's decode only once its MatMul's input exists; ``gates``: decode prefix ->
-    (the stored arrays' read nodes, the MatMul's activation).
+    (the stored arrays' read nodes, the tensor to wait for: the MatMul's activation, or for a column
+    slice the previous slice's product).
 
     A decode reads only variables, so TF's executor would run every decode of the graph at the start of
     a call and hold all the fp32 copies at once: peak memory of a whole fp32 model on top of the stored
