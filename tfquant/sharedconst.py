@@ -19,15 +19,18 @@ from typing import Dict, List
 
 from tensorflow.core.framework import function_pb2, graph_pb2
 
+from .graph import parse_input
+
 FUNCTION_NAME = "tfquant_shared_constants"  # + a hash of the values: TF keeps one function per name per process
 CALL_NODE = "tfquant_shared_constants_call"
 # Below this a Const costs about as much as the function output standing in for it.
 MIN_BYTES = 128
 
 
-def shared_names(graph_defs: List[graph_pb2.GraphDef]) -> List[str]:
-    """Names of the Consts of at least MIN_BYTES that two or more graphs hold with identical values."""
-    seen: Dict[str, tuple] = {}  # name -> (serialized value, graphs holding it)
+def shared_consts(graph_defs: List[graph_pb2.GraphDef]) -> Dict[str, object]:
+    """The Consts of at least MIN_BYTES that two or more graphs hold with identical values: name -> node
+    (the first graph's), sorted by name."""
+    seen: Dict[str, list] = {}  # name -> [node, serialized value, graphs holding it]
     differs = set()
     for gd in graph_defs:
         for node in gd.node:
@@ -35,25 +38,21 @@ def shared_names(graph_defs: List[graph_pb2.GraphDef]) -> List[str]:
                 continue
             value = node.attr["value"].SerializeToString(deterministic=True)
             if node.name not in seen:
-                seen[node.name] = (value, 1)
-            elif seen[node.name][0] == value:
-                seen[node.name] = (value, seen[node.name][1] + 1)
+                seen[node.name] = [node, value, 1]
+            elif seen[node.name][1] == value:
+                seen[node.name][2] += 1
             else:
                 differs.add(node.name)
-    return sorted(name for name, (_, count) in seen.items() if count > 1 and name not in differs)
+    return {name: seen[name][0] for name in sorted(seen) if seen[name][2] > 1 and name not in differs}
 
 
 def share_constants(graph_defs: List[graph_pb2.GraphDef]) -> tuple:
     """(new GraphDefs, report): the shared Consts moved into one library function all graphs call."""
-    names = shared_names(graph_defs)
+    nodes = shared_consts(graph_defs)
+    names = list(nodes)
     if not names:
         return list(graph_defs), {"constants": 0, "bytes": 0}
     index = {name: i for i, name in enumerate(names)}
-    nodes = {}
-    for gd in graph_defs:
-        for node in gd.node:
-            if node.name in index and node.name not in nodes:
-                nodes[node.name] = node
     fdef = _function(names, nodes)
     call_attr_name = fdef.signature.name
     out = []
@@ -67,11 +66,9 @@ def share_constants(graph_defs: List[graph_pb2.GraphDef]) -> tuple:
             new.node.extend(kept)
             for node in new.node:
                 for i, inp in enumerate(node.input):
-                    name, _, port = inp.partition(":")
-                    if name in held and port in ("", "0"):  # a Const has one output
-                        node.input[i] = f"{CALL_NODE}:{index[name]}"
-                    elif inp.startswith("^") and inp[1:] in held:
-                        node.input[i] = "^" + CALL_NODE
+                    name, port = parse_input(inp)
+                    if name in held:  # a Const's one output, or a control edge on it
+                        node.input[i] = "^" + CALL_NODE if port == -1 else f"{CALL_NODE}:{index[name]}"
             call = new.node.add(op="PartitionedCall", name=CALL_NODE)
             call.attr["Tin"].list.SetInParent()
             call.attr["Tout"].list.type.extend(nodes[name].attr["dtype"].type for name in names)

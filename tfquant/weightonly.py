@@ -126,7 +126,7 @@ def _matmul_in_column_slices(graph: Graph, mm, stored: StoredWeight, width: int,
     so one slice's fp32 copy is alive at a time instead of the whole weight's (the lm_head's is the
     largest tensor of a small LLM's forward).  Exact: the decode is elementwise and each output column of
     a MatMul depends on its weight column only (the test compares logits with whole-weight decoding).
-    Returns the decode gates (slice prefix -> (reads, what it waits for)); the whole decode is left dead.
+    Returns the decode gates (slice prefix -> (reads, what it waits for)).
     """
     x, controls = mm.input[0], [i for i in mm.input if i.startswith("^")]
     f32 = DType("float")
@@ -216,23 +216,24 @@ def encode_weights(graph: Graph, decisions: list, model, captures: Dict[str, obj
         if bf16_direct:
             _bf16_matmul(graph, mm, stored[key])
         else:
-            graph.rewire_input(mm, 1, _decoded(graph, stored[key]))
-            decoded_for.setdefault(key, []).append(mm.name)
+            decoded_for.setdefault(key, []).append(mm.name)  # rewired below, once slicing is decided
         handle = table_handle(graph, d.weight.tensor) if d.weight.transposed else None
         if handle in gathered:
             tied[handle] = stored[key]
         ops.append({"op": d.op, "format": fmt, "shape": list(w.shape)})
     gates, sliced = {}, []
     for key, users in decoded_for.items():
-        if len(users) != 1:  # with several readers, waiting for one's input could wait on the other's output
-            continue
         weight, mm = stored[key], graph.node(users[0])
         reads = {parse_input(r)[0] for r, _, _ in weight.reads.values()}
-        width = slice_columns(weight.meta.shape, policy.decode_chunk_mb)
+        # with several readers, waiting for one's input could wait on the other's output: not gated, not sliced
+        width = slice_columns(weight.meta.shape, policy.decode_chunk_mb) if len(users) == 1 else 0
         if width:
             gates.update(_matmul_in_column_slices(graph, mm, weight, width, reads))
             sliced.append({"op": mm.name, "shape": list(weight.meta.shape), "columns_per_slice": width})
-        else:
+            continue
+        for user in users:
+            graph.rewire_input(graph.node(user), 1, _decoded(graph, weight))
+        if len(users) == 1:
             gates[weight.prefix] = (reads, mm.input[0])
     _decode_when_needed(graph, gates)
     graph.prune(list(model.outputs.values()), keep=[parse_input(t)[0] for t in model.inputs.values()])
